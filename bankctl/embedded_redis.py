@@ -1,0 +1,146 @@
+"""Start and stop a private ``redis-server`` (the embedded one of ``bankctl up``, and the test suite's).
+
+It listens on a unix socket inside its own directory (no TCP port unless asked), keeps an AOF with
+``appendfsync always`` so an acknowledged command is on disk, and runs in the foreground as our child.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+START_TIMEOUT_S = 15.0
+
+
+class RedisUnavailable(RuntimeError):
+    """redis-server is not installed or did not come up."""
+
+
+@dataclass
+class RedisProcess:
+    directory: Path
+    socket: Path
+    process: subprocess.Popen[bytes] | None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.socket), **kwargs)  # type: ignore[arg-type]
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Graceful shutdown (SIGTERM makes redis-server flush and exit)."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise RedisUnavailable("redis-server is not installed (Debian: apt-get install redis-server)")
+    return found
+
+
+def config_lines(directory: Path, socket: Path, *, port: int, fsync: str, acl_file: Path | None) -> list[str]:
+    lines = [
+        f"dir {directory}",
+        f"unixsocket {socket}",
+        "unixsocketperm 700",
+        f"port {port}",
+        "bind 127.0.0.1",
+        "appendonly yes",
+        f"appendfsync {fsync}",
+        'save ""',
+        "daemonize no",
+        f"logfile {directory / 'redis.log'}",
+        "protected-mode yes",
+    ]
+    if acl_file is not None:
+        lines.append(f"aclfile {acl_file}")
+    return lines
+
+
+def start_redis(
+    directory: Path,
+    *,
+    port: int = 0,
+    fsync: str = "always",
+    acl_file: Path | None = None,
+    wait_password: tuple[str, str] | None = None,
+) -> RedisProcess:
+    """Start redis-server with its data and socket in ``directory``; returns once it answers PING.
+
+    ``wait_password`` is the (user, password) to PING with when the default user is disabled by ACLs.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket = directory / "redis.sock"
+    conf = directory / "redis.conf"
+    conf.write_text("\n".join(config_lines(directory, socket, port=port, fsync=fsync, acl_file=acl_file)) + "\n")
+    os.chmod(conf, 0o600)
+    process = subprocess.Popen(
+        [redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    handle = RedisProcess(directory=directory, socket=socket, process=process, port=port)
+    wait_until_ready(handle, wait_password=wait_password)
+    return handle
+
+
+def wait_until_ready(handle: RedisProcess, *, wait_password: tuple[str, str] | None = None) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if handle.process is not None and handle.process.poll() is not None:
+            log = handle.directory / "redis.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RedisUnavailable(f"redis-server exited with {handle.process.returncode}: {tail}")
+        try:
+            kwargs: dict[str, object] = {"socket_timeout": 2}
+            if wait_password:
+                kwargs["username"], kwargs["password"] = wait_password
+            client = handle.client(**kwargs)
+            if client.ping():
+                # AOF rewrite-on-load may still be running; PING answering means it accepts commands.
+                client.close()
+                return
+        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError, redis.ResponseError) as error:
+            last_error = error
+        time.sleep(0.02)
+    handle.kill()
+    raise RedisUnavailable(f"redis-server did not answer within {START_TIMEOUT_S}s: {last_error!r}")
+
+
+def restart(handle: RedisProcess, **kwargs: object) -> RedisProcess:
+    """Start a new server on the same directory (and so the same AOF and socket)."""
+    conf = handle.directory / "redis.conf"
+    process = subprocess.Popen(
+        [redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    fresh = RedisProcess(directory=handle.directory, socket=handle.socket, process=process, port=handle.port)
+    wait_until_ready(fresh, **kwargs)  # type: ignore[arg-type]
+    return fresh

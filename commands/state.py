@@ -1,0 +1,70 @@
+"""Write-side state of one account as the handlers see it (``{bank}:acct:<id>``, DESIGN §3).
+
+Derived from the log and rebuildable from it; the append script checks ``version`` before every write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Status = Literal["missing", "open", "closed"]
+Role = Literal["customer", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    account_id: int
+    version: int = 0
+    balance: int = 0
+    status: Status = "missing"
+    role: Role = "customer"
+    erased: bool = False
+    sms_opt_in: bool = False
+    cred_salt: str = ""
+    cred_kdf: str = ""
+    cred_key: str = ""
+
+    @property
+    def exists(self) -> bool:
+        return self.status != "missing"
+
+    def bump(self, **changes: object) -> AccountState:
+        """The next version with ``changes`` applied."""
+        return replace(self, version=self.version + 1, **changes)  # type: ignore[arg-type]
+
+    def to_fields(self) -> dict[str, str | int]:
+        """Everything that goes back into the Redis hash."""
+        return {
+            "version": self.version,
+            "balance": self.balance,
+            "status": self.status,
+            "role": self.role,
+            "erased": int(self.erased),
+            "sms": int(self.sms_opt_in),
+            "cred_salt": self.cred_salt,
+            "cred_kdf": self.cred_kdf,
+            "cred_key": self.cred_key,
+        }
+
+
+def state_from_hash(account_id: int, raw: Mapping[bytes, bytes]) -> AccountState:
+    if not raw:
+        return AccountState(account_id=account_id)
+
+    def text(name: bytes) -> str:
+        return raw.get(name, b"").decode()
+
+    return AccountState(
+        account_id=account_id,
+        version=int(raw[b"version"]),
+        balance=int(raw[b"balance"]),
+        status=text(b"status"),  # type: ignore[arg-type]
+        role=text(b"role") or "customer",  # type: ignore[arg-type]
+        erased=raw.get(b"erased") == b"1",
+        sms_opt_in=raw.get(b"sms") == b"1",
+        cred_salt=text(b"cred_salt"),
+        cred_kdf=text(b"cred_kdf"),
+        cred_key=text(b"cred_key"),
+    )

@@ -1,0 +1,126 @@
+"""The batch append: one Lua script call per batch of decided commands (DESIGN §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+
+import redis
+
+from eventstore.keys import Keys
+
+_SCRIPT_SOURCE = resources.files("eventstore").joinpath("append.lua").read_text(encoding="utf-8")
+
+DEFAULT_OUTCOME_TTL_S = 30 * 24 * 3600
+DEFAULT_REPLY_TTL_S = 120
+MAX_COMMANDS_PER_APPEND = 512
+
+
+class AppendStatus(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"
+    DUPLICATE = "dup"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountWrite:
+    """The version a decider saw for one account, and the fields to store if the command succeeds."""
+
+    key: str
+    expected_version: int
+    fields: Mapping[str, str | int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An encoded event whose body is ``prefix + str(seq) + suffix``."""
+
+    type: str
+    prefix: bytes
+    suffix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCommand:
+    """Everything the script needs to settle one command.
+
+    With ``reply_suffix`` set, the reply is ``reply_prefix + str(last_seq) + reply_suffix``; otherwise it is
+    ``reply_prefix`` as it is (rejections).
+    """
+
+    outcome_key: str
+    reply_key: str
+    accounts: Sequence[AccountWrite]
+    events: Sequence[PreparedEvent]
+    reply_prefix: bytes
+    reply_suffix: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    status: AppendStatus
+    last_seq: int
+
+
+class AppendError(RuntimeError):
+    """The script refused its arguments: a programming error, never a business outcome."""
+
+
+class Appender:
+    """Runs the append script; registered once per connection (EVALSHA with EVAL fallback)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys,
+        outcome_ttl_s: int = DEFAULT_OUTCOME_TTL_S,
+        reply_ttl_s: int = DEFAULT_REPLY_TTL_S,
+    ) -> None:
+        self._script = client.register_script(_SCRIPT_SOURCE)
+        self._keys = keys
+        self._outcome_ttl_s = outcome_ttl_s
+        self._reply_ttl_s = reply_ttl_s
+
+    def append(self, commands: Sequence[PreparedCommand]) -> list[AppendResult]:
+        if not commands:
+            return []
+        assert len(commands) <= MAX_COMMANDS_PER_APPEND, "batch larger than the append limit"
+        return self.run_encoded(*self.encode(commands))
+
+    def encode(self, commands: Sequence[PreparedCommand]) -> tuple[list[str], list[str | bytes | int]]:
+        """The script's KEYS and ARGV for a batch (see append.lua for the layout)."""
+        script_keys: list[str] = [self._keys.events, self._keys.seq]
+        args: list[str | bytes | int] = [self._outcome_ttl_s, self._reply_ttl_s, len(commands)]
+        for command in commands:
+            script_keys.append(command.outcome_key)
+            script_keys.append(command.reply_key)
+            mode = "plain" if command.reply_suffix is None else "seq"
+            args += [len(command.accounts), len(command.events), mode, command.reply_prefix,
+                     command.reply_suffix or b""]
+            for account in command.accounts:
+                script_keys.append(account.key)
+                args.append(account.expected_version)
+                args.append(len(account.fields))
+                for name, value in account.fields.items():
+                    args.append(name)
+                    args.append(value)
+            for event in command.events:
+                args += [event.type, event.prefix, event.suffix]
+        return script_keys, args
+
+    def run_encoded(self, script_keys: list[str], args: list[str | bytes | int]) -> list[AppendResult]:
+        try:
+            raw = self._script(keys=script_keys, args=args)
+        except redis.ResponseError as error:
+            if "APPEND_BAD_ARGS" in str(error):
+                raise AppendError(str(error)) from error
+            raise
+        results = []
+        for i in range(0, len(raw), 2):
+            status = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
+            results.append(AppendResult(AppendStatus(status), int(raw[i + 1])))
+        return results

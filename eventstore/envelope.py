@@ -1,0 +1,135 @@
+"""The event envelope and its canonical encoding (DESIGN §4).
+
+The stored stream entry holds ``seq``, ``type`` and ``body``: the canonical JSON of the whole envelope (sorted
+keys, no whitespace, UTF-8). ``digest`` is SHA-256 of ``body``. Because ``seq`` is assigned inside the append
+script, the writer encodes the body once with a placeholder and splits it around the ``seq`` value; the script
+joins ``prefix .. seq .. suffix``, which is byte-for-byte what :func:`canonical_json` would produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+_SEQ_PLACEHOLDER = b'"seq":0,'
+
+EVENT_TYPES = frozenset(
+    {
+        "AccountOpened",
+        "CredentialsRegistered",
+        "PasswordChanged",
+        "ProfileUpdated",
+        "MoneyDeposited",
+        "MoneyWithdrawn",
+        "MoneyTransferred",
+        "AccountClosed",
+        "AccountLocked",
+        "CustomerDataErased",
+    }
+)
+
+
+class Event(BaseModel):
+    """One immutable fact in the log."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    event_id: str = Field(min_length=32, max_length=36)
+    type: str
+    schema_: int = Field(alias="schema", ge=1)
+    seq: int = Field(ge=1)
+    accounts: tuple[int, ...]
+    versions: tuple[int, ...]
+    command_id: str = Field(min_length=1, max_length=128)
+    correlation_id: str = Field(min_length=1, max_length=128)
+    causation_id: str = Field(min_length=1, max_length=128)
+    actor: str = Field(min_length=1, max_length=64)
+    occurred_at: str
+    data: dict[str, Any]
+
+    def body_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: the one byte string that represents ``obj``."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+
+
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with microseconds and a ``Z``: sortable and unambiguous."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def split_body_around_seq(body_without_seq: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Encode an envelope whose ``seq`` is not yet known into ``(prefix, suffix)``.
+
+    The top-level ``seq`` key sorts after ``data``, so the last occurrence of the placeholder is the real one;
+    the keys after it (``type``, ``versions``) cannot contain it.
+    """
+    encoded = canonical_json({**body_without_seq, "seq": 0})
+    cut = encoded.rfind(_SEQ_PLACEHOLDER)
+    assert cut > 0, "envelope lost its seq placeholder"
+    start = cut + len(b'"seq":')
+    return encoded[:start], encoded[start + 1 :]
+
+
+def envelope_dict(
+    *,
+    event_id: str,
+    event_type: str,
+    accounts: tuple[int, ...],
+    versions: tuple[int, ...],
+    command_id: str,
+    correlation_id: str,
+    causation_id: str,
+    actor: str,
+    occurred_at: str,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """The envelope of DESIGN §4 without ``seq``, ready for :func:`split_body_around_seq`."""
+    return {
+        "event_id": event_id,
+        "type": event_type,
+        "schema": SCHEMA_VERSION,
+        "accounts": list(accounts),
+        "versions": list(versions),
+        "command_id": command_id,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "actor": actor,
+        "occurred_at": occurred_at,
+        "data": data,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A log entry as read back: the exact bytes that were stored (a dataclass: this is the hot read path)."""
+
+    entry_id: str
+    seq: int
+    type: str
+    body: bytes
+
+    @property
+    def digest(self) -> str:
+        return digest(self.body)
+
+    def payload(self) -> dict[str, Any]:
+        """The decoded body (fast path: no validation)."""
+        return orjson.loads(self.body)
+
+    def event(self) -> Event:
+        """The validated envelope; raises ``pydantic.ValidationError`` on a malformed body."""
+        return Event.model_validate(orjson.loads(self.body))

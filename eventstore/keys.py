@@ -1,0 +1,83 @@
+"""Every Redis key name of the bank, in one place.
+
+All keys share one hash tag so every script touches a single Redis Cluster slot; a later partitioned layout
+uses ``{bank:pN}`` (DESIGN §3, §11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one partition of the bank."""
+
+    tag: str = "bank"
+
+    def _k(self, suffix: str) -> str:
+        return "{" + self.tag + "}:" + suffix
+
+    @property
+    def events(self) -> str:
+        return self._k("events")
+
+    @property
+    def seq(self) -> str:
+        return self._k("seq")
+
+    @property
+    def account_ids(self) -> str:
+        """Counter that hands out new account numbers (gaps allowed, never reused)."""
+        return self._k("account_ids")
+
+    @property
+    def commands(self) -> str:
+        return self._k("commands")
+
+    @property
+    def queries(self) -> str:
+        return self._k("queries")
+
+    @property
+    def seals(self) -> str:
+        return self._k("seals")
+
+    @property
+    def prefix(self) -> str:
+        return self._k("")
+
+    def account(self, account_id: int) -> str:
+        return self._k(f"acct:{account_id}")
+
+    def command_outcome(self, command_id: str) -> str:
+        return self._k(f"cmd:{command_id}")
+
+    def reply(self, request_id: str) -> str:
+        return self._k(f"reply:{request_id}")
+
+    def dead(self, name: str) -> str:
+        return self._k(f"dead:{name}")
+
+    def worker(self, name: str) -> str:
+        return self._k(f"worker:{name}")
+
+    def credential(self, account_id: int) -> str:
+        """Write-side login verifier of one account (salt, KDF parameters, encrypted X)."""
+        return self._k(f"cred:{account_id}")
+
+    def data_key(self, account_id: int) -> str:
+        """Wrapped per-customer data key; deleting it crypto-shreds the customer's personal data."""
+        return self._k(f"dek:{account_id}")
+
+    def challenge(self, challenge_id: str) -> str:
+        return self._k(f"chal:{challenge_id}")
+
+    def session(self, token_hash: str) -> str:
+        return self._k(f"sess:{token_hash}")
+
+    def login_failures(self, account_id: int) -> str:
+        return self._k(f"fail:{account_id}")
+
+
+KEYS = Keys()

@@ -1,0 +1,104 @@
+"""The append script's contract, run identically on fakeredis and a real redis-server (DESIGN §5)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from eventstore.append import (
+    AccountWrite,
+    Appender,
+    AppendError,
+    AppendStatus,
+    PreparedCommand,
+    PreparedEvent,
+)
+from eventstore.envelope import canonical_json, envelope_dict, split_body_around_seq
+from eventstore.keys import Keys
+from eventstore.log import iterate, last_seq, read_after, read_range
+
+
+def _event(keys: Keys, command_id: str, account: int, version: int, amount: int) -> PreparedEvent:
+    body = envelope_dict(
+        event_id=f"{command_id:0>32}", event_type="MoneyDeposited", accounts=(account,), versions=(version,),
+        command_id=command_id, correlation_id=command_id, causation_id=command_id, actor="customer:1",
+        occurred_at="2026-11-24T00:00:00.000000Z", data={"account": account, "amount": amount},
+    )
+    prefix, suffix = split_body_around_seq(body)
+    return PreparedEvent("MoneyDeposited", prefix, suffix)
+
+
+def _deposit(keys: Keys, command_id: str, account: int, expected: int, balance: int) -> PreparedCommand:
+    return PreparedCommand(
+        outcome_key=keys.command_outcome(command_id),
+        reply_key=keys.reply("r-" + command_id),
+        accounts=[AccountWrite(keys.account(account), expected, {"version": expected + 1, "balance": balance})],
+        events=[_event(keys, command_id, account, expected + 1, 100)],
+        reply_prefix=b'{"ok":true,"seq":',
+        reply_suffix=b"}",
+    )
+
+
+def test_appends_assign_gapless_seq_and_reply(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    results = appender.append([_deposit(keys, "a", 1, 0, 100), _deposit(keys, "b", 1, 1, 200)])
+    assert [(r.status, r.last_seq) for r in results] == [(AppendStatus.OK, 1), (AppendStatus.OK, 2)]
+    assert last_seq(any_redis, keys) == 2
+    events = read_range(any_redis, keys, 1)
+    assert [e.seq for e in events] == [1, 2]
+    body = orjson.loads(events[1].body)
+    assert body["seq"] == 2 and canonical_json(body) == events[1].body
+    assert any_redis.lrange(keys.reply("r-b"), 0, -1) == [b'{"ok":true,"seq":2}']
+    assert any_redis.hget(keys.account(1), "balance") == b"200"
+
+
+def test_duplicate_command_returns_first_outcome_and_appends_nothing(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    appender.append([_deposit(keys, "a", 1, 0, 100)])
+    retry = _deposit(keys, "a", 1, 1, 200)
+    retry = PreparedCommand(retry.outcome_key, keys.reply("second"), retry.accounts, retry.events,
+                            retry.reply_prefix, retry.reply_suffix)
+    [result] = appender.append([retry])
+    assert result.status is AppendStatus.DUPLICATE
+    assert any_redis.lrange(keys.reply("second"), 0, -1) == [b'{"ok":true,"seq":1}']
+    assert last_seq(any_redis, keys) == 1
+
+
+def test_version_conflict_writes_nothing_and_chains_through_the_batch(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    appender.append([_deposit(keys, "a", 1, 0, 100)])
+    # Decided against version 0 (stale) and then a second command decided on top of it.
+    results = appender.append([_deposit(keys, "b", 1, 0, 100), _deposit(keys, "c", 1, 1, 200),
+                               _deposit(keys, "d", 2, 0, 100)])
+    assert [r.status for r in results] == [AppendStatus.CONFLICT, AppendStatus.OK, AppendStatus.OK]
+    assert any_redis.exists(keys.command_outcome("b")) == 0
+    assert any_redis.exists(keys.reply("r-b")) == 0
+
+
+def test_rejection_stores_outcome_without_event(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    command = PreparedCommand(keys.command_outcome("x"), keys.reply("rx"), [AccountWrite(keys.account(5), 0)],
+                              [], b'{"ok":false}', None)
+    [result] = appender.append([command])
+    assert result == type(result)(AppendStatus.REJECTED, 0)
+    assert any_redis.xlen(keys.events) == 0 if any_redis.exists(keys.events) else True
+    assert any_redis.get(keys.command_outcome("x")) == b'{"ok":false}'
+
+
+def test_bad_arguments_fail_before_any_write(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    good = _deposit(keys, "a", 1, 0, 100)
+    script_keys, args = appender.encode([good, _deposit(keys, "b", 2, 0, 100)])
+    # The second command's last event field is missing: the whole batch must be refused, the first included.
+    with pytest.raises(AppendError):
+        appender.run_encoded(script_keys, args[:-1])
+    assert last_seq(any_redis, keys) == 0
+    assert any_redis.get(keys.command_outcome("a")) is None
+
+
+def test_iterate_and_read_after(any_redis, keys):
+    appender = Appender(any_redis, keys=keys)
+    appender.append([_deposit(keys, f"c{i}", 1, i, 100 * (i + 1)) for i in range(25)])
+    assert [e.seq for e in iterate(any_redis, keys, page=7)] == list(range(1, 26))
+    assert [e.seq for e in read_after(any_redis, keys, 20)] == [21, 22, 23, 24, 25]
+    assert [e.seq for e in read_range(any_redis, keys, 3, 5)] == [3, 4, 5]
