@@ -1,0 +1,130 @@
+"""The request/reply client (DESIGN §7): XADD a request, BLPOP its reply, resend safely on timeout.
+
+Every request carries a random ``request_id`` (its reply key) and a ``command_id`` (the idempotency key).
+A resend after a timeout reuses the ``command_id`` with a fresh ``request_id``: the handler's append script
+returns the first outcome, so the command takes effect at most once however often it is sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from eventstore.keys import Keys
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_ATTEMPTS = 3
+MAX_REQUEST_STREAM_LEN = 1_000_000
+
+
+class BankUnavailable(RuntimeError):
+    """No reply within the deadline, or Redis cannot be reached (CLI exit 5)."""
+
+
+def new_id() -> str:
+    """128 random bits, hex."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    type: str
+    payload: dict[str, Any]
+    session: str | None = None
+    command_id: str = field(default_factory=new_id)
+    min_seq: int = 0
+
+    def fields(self, request_id: str) -> dict[str, bytes | str]:
+        out: dict[str, bytes | str] = {
+            "request_id": request_id,
+            "command_id": self.command_id,
+            "type": self.type,
+            "payload": orjson.dumps(self.payload),
+            "sent_at": repr(time.time()),
+        }
+        if self.session:
+            out["session"] = self.session
+        if self.min_seq:
+            out["min_seq"] = str(self.min_seq)
+        return out
+
+
+class BankClient:
+    """Sends commands and queries and waits for their replies."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+
+    def command(self, request: Request) -> dict[str, Any]:
+        return self._roundtrip(self.keys.commands, request)
+
+    def query(self, request: Request) -> dict[str, Any]:
+        return self._roundtrip(self.keys.queries, request)
+
+    def _roundtrip(self, stream: str, request: Request) -> dict[str, Any]:
+        last_error: Exception | None = None
+        for _attempt in range(self.attempts):
+            request_id = new_id()
+            try:
+                self.client.xadd(stream, request.fields(request_id), maxlen=MAX_REQUEST_STREAM_LEN, approximate=True)
+                reply = self._wait(self.keys.reply(request_id), self.timeout_s)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                last_error = error
+                time.sleep(0.2)
+                continue
+            if reply is not None:
+                return reply
+        raise BankUnavailable(
+            f"no reply after {self.attempts} attempts of {self.timeout_s:.0f}s"
+            + (f" ({last_error})" if last_error else "")
+            + ": are the workers running? try 'bankctl status'"
+        )
+
+    def _wait(self, reply_key: str, timeout_s: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            # BLPOP in slices below the socket timeout (redis-py would otherwise time out first).
+            popped = self.client.blpop([reply_key], timeout=min(remaining, 2.0))
+            if popped is not None:
+                return orjson.loads(popped[1])
+
+    def submit_many(self, stream: str, requests: Sequence[Request]) -> list[str]:
+        """Pipelined XADD of many requests; returns their request ids (for batched clients and bench)."""
+        pipe = self.client.pipeline(transaction=False)
+        request_ids = []
+        for request in requests:
+            request_id = new_id()
+            request_ids.append(request_id)
+            pipe.xadd(stream, request.fields(request_id), maxlen=MAX_REQUEST_STREAM_LEN, approximate=True)
+        pipe.execute()
+        return request_ids
+
+    def wait_many(self, request_ids: Sequence[str], timeout_s: float | None = None) -> list[dict[str, Any] | None]:
+        """Pipelined BLPOP of many replies, in order; ``None`` for one that did not arrive in time."""
+        timeout = min(timeout_s or self.timeout_s, 2.0)
+        pipe = self.client.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.blpop([self.keys.reply(request_id)], timeout=timeout)
+        out: list[dict[str, Any] | None] = []
+        for popped in pipe.execute():
+            out.append(orjson.loads(popped[1]) if popped else None)
+        return out

@@ -1,0 +1,125 @@
+"""The worker loop every process shares: heartbeat, graceful shutdown, connection-error retry (DESIGN §6).
+
+A worker is an object with ``poll_once() -> int`` (one non-blocking-or-briefly-blocking iteration, returning
+how much it did) and ``counters``. :class:`WorkerRunner` wraps it: the first SIGTERM/SIGINT finishes the batch
+in hand and exits 0, the second exits at once; connection errors are logged and retried with a delay; the
+heartbeat hash ``{bank}:worker:<name>`` carries pid, kind, counters and a TTL, and is removed on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import redis
+
+from eventstore.keys import Keys
+
+log = logging.getLogger("bank.worker")
+
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_TTL_S = 10
+RETRY_DELAY_S = 0.5
+MAX_RETRY_DELAY_S = 5.0
+
+
+class Worker(Protocol):
+    kind: str
+    counters: dict[str, int]
+
+    def poll_once(self) -> int: ...
+
+
+class FatalWorkerError(RuntimeError):
+    """Stop the worker with a clear message and a non-zero exit (never skip over the cause)."""
+
+    exit_code = 1
+
+
+class WorkerRunner:
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        client: redis.Redis,
+        keys: Keys,
+        name: str,
+        burst: bool = False,
+        extra_status: Callable[[], dict[str, str | int]] | None = None,
+    ) -> None:
+        self.worker = worker
+        self.client = client
+        self.keys = keys
+        self.name = name
+        self.burst = burst
+        self.extra_status = extra_status
+        self._stop_requested = False
+        self._last_heartbeat = 0.0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._stop_requested:
+            log.warning("%s: second signal, exiting at once", self.name)
+            os._exit(130)
+        log.info("%s: signal %d, finishing the batch in hand", self.name, signum)
+        self._stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+            return
+        self._last_heartbeat = now
+        fields: dict[str, str | int | float] = {
+            "kind": self.worker.kind, "pid": os.getpid(), "host": socket.gethostname(), "beat": now,
+        }
+        fields.update({f"n_{k}": v for k, v in self.worker.counters.items()})
+        if self.extra_status:
+            fields.update(self.extra_status())
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.worker(self.name), mapping=fields)
+        pipe.expire(self.keys.worker(self.name), HEARTBEAT_TTL_S)
+        pipe.execute()
+
+    def run(self) -> int:
+        """Loop until stopped (or, in burst mode, until an iteration finds nothing to do)."""
+        delay = RETRY_DELAY_S
+        exit_code = 0
+        try:
+            while not self._stop_requested:
+                try:
+                    done = self.worker.poll_once()
+                    self.heartbeat()
+                    delay = RETRY_DELAY_S
+                    if self.burst and done == 0:
+                        break
+                except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as error:
+                    log.warning("%s: redis unavailable (%s); retrying in %.1fs", self.name, error, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_DELAY_S)
+                except redis.BusyLoadingError:
+                    time.sleep(delay)
+        except FatalWorkerError as error:
+            log.error("%s: stopping: %s", self.name, error)
+            exit_code = error.exit_code
+        finally:
+            log.info("%s: stopped; counters %s", self.name, self.worker.counters)
+            try:
+                self.client.delete(self.keys.worker(self.name))
+            except redis.RedisError:
+                pass
+        return exit_code
+
+
+def configure_logging(level: str | None = None) -> None:
+    logging.basicConfig(
+        level=(level or os.environ.get("BANKCTL_LOG_LEVEL", "INFO")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
