@@ -1,0 +1,175 @@
+"""Load generators for ``bankctl bench``: client processes driving deposits, withdrawals and transfers.
+
+Three shapes: ``sequential`` (one request in flight per client), ``batched`` (a pipelined window of requests
+per client) and ``paced`` (an open-loop rate per client; latency is measured from each request's *scheduled*
+send time, so a stall is not hidden by coordinated omission).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from commands.client import BankClient, Request
+from eventstore.keys import Keys
+
+OPEN_BATCH = 200
+
+
+@dataclass
+class ClientStats:
+    sent: int = 0
+    ok: int = 0
+    rejected: int = 0
+    missing: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    deposited: int = 0
+    withdrawn: int = 0
+    transfers: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def fake_credential() -> dict[str, Any]:
+    """A well-formed verifier nobody knows the password of (bench accounts never log in)."""
+    return {"salt": secrets.token_hex(16), "kdf": {"algorithm": "argon2id", "memory_kib": 65536, "iterations": 2,
+                                                    "lanes": 1}, "public_key": secrets.token_hex(32)}
+
+
+def open_accounts(client: redis.Redis, keys: Keys, admin_session: str, count: int) -> list[int]:
+    bank = BankClient(client, keys=keys, timeout_s=30)
+    opened: list[int] = []
+    for start in range(0, count, OPEN_BATCH):
+        requests = []
+        for i in range(start, min(count, start + OPEN_BATCH)):
+            requests.append(Request("OpenAccount", {
+                "type": "OpenAccount", "ssn": f"123-45-{1000 + i % 8999:04d}", "phone": f"+1555{i:07d}",
+                "first_name": "Bench", "last_name": f"Customer{i}", "sms_opt_in": i % 2 == 0,
+                "credential": fake_credential()}, session=admin_session))
+        ids = bank.submit_many(keys.commands, requests)
+        for reply in bank.wait_many(ids, timeout_s=30):
+            if not reply or not reply.get("ok"):
+                raise RuntimeError(f"could not open a bench account: {reply}")
+            opened.append(int(reply["account"]))
+    return opened
+
+
+def _next_request(rng: random.Random, own: list[tuple[int, str]], everyone: list[int]) -> Request:
+    account, token = own[rng.randrange(len(own))]
+    roll = rng.random()
+    if roll < 0.4:
+        payload: dict[str, Any] = {"type": "Deposit", "account": account, "amount": rng.randint(100, 10_000)}
+    elif roll < 0.7:
+        payload = {"type": "Withdraw", "account": account, "amount": rng.randint(100, 5_000)}
+    else:
+        target = everyone[rng.randrange(len(everyone))]
+        if target == account:
+            target = everyone[(everyone.index(target) + 1) % len(everyone)]
+        payload = {"type": "Transfer", "account": account, "to": target, "amount": rng.randint(100, 5_000)}
+    return Request(payload["type"], payload, session=token)
+
+
+def _tally(stats: ClientStats, request: Request, reply: dict[str, Any] | None) -> None:
+    if reply is None:
+        stats.missing += 1
+        return
+    if reply.get("ok"):
+        stats.ok += 1
+        if request.type == "Deposit":
+            stats.deposited += request.payload["amount"]
+        elif request.type == "Withdraw":
+            stats.withdrawn += request.payload["amount"]
+        else:
+            stats.transfers += 1
+    else:
+        stats.rejected += 1
+        code = str(reply.get("code"))
+        stats.errors[code] = stats.errors.get(code, 0) + 1
+
+
+def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone: list[int], *, mode: str,
+               operations: int, window: int, rate: float, seed: int, start_at: float) -> ClientStats:
+    """One client's whole run (executed in its own process)."""
+    keys = Keys(tag)
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=30)
+    bank = BankClient(client, keys=keys, timeout_s=20)
+    rng = random.Random(seed)  # noqa: S311 - workload shape, not security
+    stats = ClientStats()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    began = time.perf_counter()
+    if mode == "batched":
+        done = 0
+        while done < operations:
+            batch = [_next_request(rng, own, everyone) for _ in range(min(window, operations - done))]
+            sent_at = time.perf_counter()
+            ids = bank.submit_many(keys.commands, batch)
+            replies = bank.wait_many(ids, timeout_s=20)
+            took = (time.perf_counter() - sent_at) * 1000
+            for request, reply in zip(batch, replies, strict=True):
+                _tally(stats, request, reply)
+            stats.latencies_ms.append(took)
+            done += len(batch)
+            stats.sent += len(batch)
+    else:
+        interval = 1.0 / rate if mode == "paced" and rate > 0 else 0.0
+        for i in range(operations):
+            request = _next_request(rng, own, everyone)
+            scheduled = began + i * interval
+            if interval:
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            else:
+                scheduled = time.perf_counter()
+            try:
+                reply: dict[str, Any] | None = bank.command(request)
+            except Exception:
+                reply = None
+            stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+            _tally(stats, request, reply)
+            stats.sent += 1
+    stats.elapsed_s = time.perf_counter() - began
+    return stats
+
+
+def _client_entry(queue: mp.Queue, *args: Any, **kwargs: Any) -> None:
+    queue.put(run_client(*args, **kwargs))
+
+
+def run_clients(
+    socket_path: str, tag: str, sessions: dict[int, str], *, clients: int, mode: str, operations: int,
+    window: int = 100, rate: float = 0.0, seed: int = 1,
+) -> tuple[list[ClientStats], float]:
+    """Run ``clients`` processes together; returns their stats and the wall time from common start to last end."""
+    ctx = mp.get_context("fork")
+    queue: mp.Queue = ctx.Queue()
+    accounts = sorted(sessions)
+    start_at = time.time() + 0.5
+    procs = []
+    for c in range(clients):
+        own = [(a, sessions[a]) for a in accounts[c::clients]] or [(accounts[0], sessions[accounts[0]])]
+        proc = ctx.Process(target=_client_entry, args=(queue, socket_path, tag, own, accounts), kwargs={
+            "mode": mode, "operations": operations // clients, "window": window, "rate": rate / clients,
+            "seed": seed * 1000 + c, "start_at": start_at})
+        proc.start()
+        procs.append(proc)
+    results = [queue.get(timeout=900) for _ in procs]
+    wall = time.time() - start_at
+    for proc in procs:
+        proc.join(10)
+    return results, wall
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
