@@ -102,3 +102,19 @@ def derive_secret(password: str, salt: bytes, params: KdfParams) -> int:
     if x == 0:  # probability 2^-252
         raise ValueError("degenerate key; choose another salt")
     return x
+
+
+MIN_PASSWORD_CHARS = 8
+MAX_PASSWORD_CHARS = 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is unacceptable, or ``None``; checked by the CLI before deriving anything."""
+    normalised = unicodedata.normalize("NFC", password)
+    if len(normalised) < MIN_PASSWORD_CHARS:
+        return f"password must have at least {MIN_PASSWORD_CHARS} characters"
+    if len(normalised) > MAX_PASSWORD_CHARS:
+        return f"password must have at most {MAX_PASSWORD_CHARS} characters"
+    if not normalised.strip():
+        return "password must not be only spaces"
+    return None

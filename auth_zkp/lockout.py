@@ -81,7 +81,7 @@ class Lockout:
         self._client = client
         self._keys = keys
         self._script = client.register_script(_RECORD_FAILURE)
-        self._args = (threshold, window_s, base_lock_s, max_lock_s, STATE_TTL_S)
+        self._args = (window_s, threshold, base_lock_s, max_lock_s, STATE_TTL_S)
 
     def locked_until(self, account_id: int, now: float) -> float | None:
         """End of the current lock, or ``None`` when the account may try."""

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 def decoy_secret_key(keys: Keys) -> str:
     """Redis key of the server secret behind decoy salts (shared by all handlers so decoys are stable)."""
-    return keys.prefix + "auth:decoy_secret"
+    return keys.auth_secret
 
 
 def pop_lock_event(reply: dict[str, Any]) -> dict[str, Any] | None:

@@ -13,8 +13,10 @@ COMMAND_MODULES = (
     "bankctl.cmd_auth",
     "bankctl.cmd_ops",
     "bankctl.cmd_bank",
+    "bankctl.cmd_query",
     "bankctl.cmd_projections",
     "bankctl.cmd_audit",
+    "bankctl.cmd_notifier",
     "bankctl.cmd_bench",
     "bankctl.cmd_shell",
 )

@@ -27,7 +27,9 @@ class Exit(IntEnum):
 
 INVALID_CODES = frozenset({"invalid_request", "malformed_request"})
 DENIED_CODES = frozenset({"not_permitted", "unauthenticated", "invalid_proof", "locked"})
-UNAVAILABLE_CODES = frozenset({"unavailable", "timeout"})
+# A command that kept colliding with concurrent writers is safe to resend: "try again", like a timeout.
+UNAVAILABLE_CODES = frozenset({"unavailable", "timeout", "conflict"})
+UNEXPECTED_CODES = frozenset({"internal_error"})
 
 
 class BankctlError(click.ClickException):
@@ -46,6 +48,8 @@ def exit_for_reply_code(code: str) -> Exit:
         return Exit.DENIED
     if code in UNAVAILABLE_CODES:
         return Exit.UNAVAILABLE
+    if code in UNEXPECTED_CODES:
+        return Exit.UNEXPECTED
     return Exit.REJECTED
 
 

@@ -71,11 +71,22 @@ if ARGV[a] ~= nil or KEYS[k] ~= nil then
   return bad('trailing arguments')
 end
 
+-- A later command of the batch may have been decided on top of an earlier one's effects. Once a command is
+-- not applied (conflict or duplicate), its accounts are poisoned for the rest of the batch: a later command on
+-- them is a conflict too, even if its expected version happens to match a write made by another handler.
+local poisoned = {}
+local function poison(command)
+  for i = 1, #command.accounts do
+    poisoned[command.accounts[i].key] = true
+  end
+end
+
 local result = {}
 for c = 1, n_commands do
   local command = commands[c]
   local stored = redis.call('GET', command.outcome_key)
   if stored then
+    poison(command)
     redis.call('RPUSH', command.reply_key, stored)
     redis.call('EXPIRE', command.reply_key, reply_ttl)
     result[#result + 1] = 'dup'
@@ -84,12 +95,13 @@ for c = 1, n_commands do
     local conflict = false
     for i = 1, #command.accounts do
       local current = redis.call('HGET', command.accounts[i].key, 'version') or '0'
-      if current ~= command.accounts[i].expected then
+      if poisoned[command.accounts[i].key] or current ~= command.accounts[i].expected then
         conflict = true
         break
       end
     end
     if conflict then
+      poison(command)
       result[#result + 1] = 'conflict'
       result[#result + 1] = 0
     else

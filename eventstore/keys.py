@@ -62,9 +62,18 @@ class Keys:
     def worker(self, name: str) -> str:
         return self._k(f"worker:{name}")
 
-    def credential(self, account_id: int) -> str:
-        """Write-side login verifier of one account (salt, KDF parameters, encrypted X)."""
-        return self._k(f"cred:{account_id}")
+    @property
+    def auth_secret(self) -> str:
+        """Server secret for decoy salts of unknown accounts (created once, shared by every handler)."""
+        return self._k("auth:decoy_secret")
+
+    def sms_sent(self, event_id: str, account_id: int) -> str:
+        """Delivery record of one SMS (sent, dead, or a short sending lease): the notifier's dedupe key."""
+        return self._k(f"sms:{event_id}:{account_id}")
+
+    def notifier_outbox_offset(self, outbox_digest: str) -> str:
+        """Byte offset up to which an outbox file's lines are recorded in the delivery ledger."""
+        return self._k(f"notifier:outbox:{outbox_digest}:offset")
 
     def data_key(self, account_id: int) -> str:
         """Wrapped per-customer data key; deleting it crypto-shreds the customer's personal data."""

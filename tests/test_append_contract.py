@@ -67,10 +67,12 @@ def test_duplicate_command_returns_first_outcome_and_appends_nothing(any_redis, 
 def test_version_conflict_writes_nothing_and_chains_through_the_batch(any_redis, keys):
     appender = Appender(any_redis, keys=keys)
     appender.append([_deposit(keys, "a", 1, 0, 100)])
-    # Decided against version 0 (stale) and then a second command decided on top of it.
+    # Decided against version 0 (stale) and then a second command decided on top of it: the second must not
+    # apply although its expected version 1 matches (its balance assumed the first one's effect).
     results = appender.append([_deposit(keys, "b", 1, 0, 100), _deposit(keys, "c", 1, 1, 200),
                                _deposit(keys, "d", 2, 0, 100)])
-    assert [r.status for r in results] == [AppendStatus.CONFLICT, AppendStatus.OK, AppendStatus.OK]
+    assert [r.status for r in results] == [AppendStatus.CONFLICT, AppendStatus.CONFLICT, AppendStatus.OK]
+    assert any_redis.hget(keys.account(1), "balance") == b"100"
     assert any_redis.exists(keys.command_outcome("b")) == 0
     assert any_redis.exists(keys.reply("r-b")) == 0
 

@@ -1,0 +1,83 @@
+"""A logged-in user's connection to the bank: load the saved session, send commands and queries.
+
+Shared by the banking commands, the read commands and the interactive shell, so they all map failures to
+the same exit codes and all carry read-your-writes: every successful command remembers its ``seq`` and
+every query sends the last one as ``min_seq``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from bankctl.config import Settings
+from bankctl.last_seq import recall, remember
+from bankctl.output import BankctlError, Exit, raise_for_reply
+from bankctl.profile import ProfileError, SavedSession, load_session
+from commands.client import BankClient, BankUnavailable, Request
+
+
+def load_saved_session(settings: Settings) -> SavedSession:
+    """The profile's session, or exit 4 with a hint to log in."""
+    try:
+        session = load_session(settings.profile)
+    except (ProfileError, ValueError) as error:
+        raise BankctlError(str(error), Exit.DENIED, "not_permitted") from error
+    if session is None:
+        raise BankctlError("not logged in: run 'bankctl login'", Exit.DENIED, "unauthenticated")
+    return session
+
+
+class BankSession:
+    """Requests on behalf of one saved session."""
+
+    def __init__(self, settings: Settings, session: SavedSession, *, timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self.session = session
+        self._timeout_s = timeout_s
+        self._bank: BankClient | None = None
+
+    @classmethod
+    def from_profile(cls, settings: Settings) -> BankSession:
+        return cls(settings, load_saved_session(settings))
+
+    @property
+    def account_id(self) -> int:
+        return self.session.account_id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.session.role == "admin"
+
+    def _client(self) -> BankClient:
+        if self._bank is None:
+            client = self.settings.connect("client")
+            self._bank = (BankClient(client, keys=self.settings.keys) if self._timeout_s is None
+                          else BankClient(client, keys=self.settings.keys, timeout_s=self._timeout_s))
+        return self._bank
+
+    def command(self, request_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a command; an ok reply is returned (and its seq remembered), a refusal raised."""
+        reply = raise_for_reply(self._roundtrip(lambda bank: bank.command(
+            Request(type=request_type, payload=payload, session=self.session.token))))
+        if isinstance(reply.get("seq"), int):
+            remember(self.settings.profile, self.session.server_id, reply["seq"])
+        return reply
+
+    def query(self, query_type: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send a query that waits until the read model has this profile's own last write."""
+        min_seq = recall(self.settings.profile, self.session.server_id)
+        return raise_for_reply(self._roundtrip(lambda bank: bank.query(
+            Request(type=query_type, payload=payload, session=self.session.token, min_seq=min_seq))))
+
+    def _roundtrip(self, call: Any) -> dict[str, Any]:
+        try:
+            return call(self._client())
+        except BankUnavailable as error:
+            raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
+        except redis.AuthenticationError as error:
+            raise BankctlError(f"Redis refused our credentials: {error}", Exit.DENIED, "not_permitted") from error
+        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
+            raise BankctlError(f"the bank is not reachable ({error}): try 'bankctl up'", Exit.UNAVAILABLE,
+                               "unavailable") from error

@@ -1,0 +1,470 @@
+"""The command handler worker (DESIGN §5, §6): requests in, events and replies out, one Lua append per batch.
+
+One iteration (:meth:`CommandHandler.poll_once`):
+
+1. read a batch from the group ``handlers`` (own pending entries first after a start, entries idle longer than
+   the failover threshold every ~1 s, otherwise new ones);
+2. parse; poison entries (malformed, or delivered too often) go to ``{bank}:dead:commands`` with the reason;
+3. resolve sessions (one round trip) and authorize; login requests go to ``auth_zkp.login.AuthService``;
+4. load the touched accounts and stored outcomes (one round trip), decide in order over a local overlay so a
+   later command sees the earlier ones' effects, seal personal data, and append the whole batch in one script;
+5. re-decide commands that met a version conflict against fresh state (bounded rounds);
+6. only then XACK and XDEL the entries: the request stream holds personal data in plaintext until processed.
+
+A crash anywhere before step 6 leaves the entries pending; a restart or the other handler replays them, and the
+script's stored outcomes make the replay exactly-once in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from auth_zkp.authz import permission_error
+from auth_zkp.principal import Principal
+from auth_zkp.sessions import SessionStore
+from commands.decide import Context, Decision, EventDraft, Reason, Rejection, decide, touched_accounts
+from commands.models import ChangePassword, CloseAccount, EraseCustomer, OpenAccount
+from commands.prepare import Origin, prepare_decision, prepare_rejection
+from commands.requests import MalformedRequest, ParsedRequest, auth_request_types, parse_entry, redacted_fields
+from commands.state import AccountState
+from commands.state_loader import StateLoader
+from eventstore.append import Appender, AppendStatus, PreparedCommand
+from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.envelope import utc_timestamp
+from eventstore.groups import ConsumerGroup, Entry
+from eventstore.keys import KEYS, Keys
+from eventstore.pii import PersonalDataVault, load_master_key
+from eventstore.worker import WorkerRunner, configure_logging
+
+log = logging.getLogger("bank.handler")
+
+GROUP = "handlers"
+DEAD_LETTER_NAME = "commands"
+USE_CONFIGURED_BLOCK = -1
+LOGIN_ACTOR = "system:login"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerConfig:
+    """Every limit of the handler, explicit (TigerBeetle style)."""
+
+    batch_size: int = 256
+    block_ms: int = 1000
+    failover_ms: int = 2000
+    claim_every_s: float = 1.0
+    max_deliveries: int = 5
+    max_rounds: int = 8
+    backoff_s: float = 0.001
+    reply_ttl_s: int = 120
+
+    def __post_init__(self) -> None:
+        assert 0 < self.batch_size <= 512, "a batch must fit one append call"
+        assert 0 <= self.block_ms <= MAX_BLOCK_MS, "BLOCK must stay below the socket timeout"
+
+
+@dataclass(slots=True)
+class Work:
+    """One command on its way to the append script."""
+
+    request: ParsedRequest
+    principal: Principal
+    actor: str
+    accounts: tuple[int, ...] = ()
+    new_account_id: int | None = None
+    lock: dict[str, Any] | None = None
+    lock_reply: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one iteration must send back and acknowledge."""
+
+    ack_ids: list[str] = field(default_factory=list)
+    replies: list[tuple[str, bytes]] = field(default_factory=list)
+    revoke: set[int] = field(default_factory=set)
+    erase: set[int] = field(default_factory=set)
+
+    def reply(self, request_id: str, body: dict[str, Any] | bytes) -> None:
+        self.replies.append((request_id, body if isinstance(body, bytes) else orjson.dumps(body)))
+
+
+def _refusal(code: str, message: str, command_id: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": False, "code": code, "message": message}
+    if command_id is not None:
+        out["command_id"] = command_id
+    return out
+
+
+class CommandHandler:
+    """The write side's worker; several run in one consumer group (active-active)."""
+
+    kind = "handler"
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys,
+        vault: PersonalDataVault,
+        name: str,
+        server_id: str = "",
+        sessions: SessionStore | None = None,
+        config: HandlerConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.vault = vault
+        self.name = name
+        self.server_id = server_id
+        self.sessions = sessions or SessionStore(client, keys=keys)
+        self.config = config or HandlerConfig()
+        self.clock = clock
+        self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
+        self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s)
+        self.state_loader = StateLoader(client, keys=keys)
+        self.auth_types = auth_request_types()
+        self.counters: dict[str, int] = {
+            "processed": 0, "events": 0, "rejected": 0, "refused": 0, "dead": 0, "dups": 0, "conflicts": 0,
+            "claimed": 0, "batches": 0,
+        }
+        self._ready = False
+        self._recovering = True
+        self._last_claim = 0.0
+        self._claim_cursor = "0-0"
+        self._auth: Any = None
+
+    # ------------------------------------------------------------------ reading
+
+    def poll_once(self, block_ms: int | None = USE_CONFIGURED_BLOCK) -> int:
+        """One iteration; returns how many entries it settled. ``block_ms=None`` never blocks (tests)."""
+        if not self._ready:
+            self.group.ensure()
+            self._ready = True
+        try:
+            entries, counts = self._fetch(self.config.block_ms if block_ms == USE_CONFIGURED_BLOCK else block_ms)
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            log.warning("%s: the consumer group vanished (Redis flushed?); creating it again", self.name)
+            self._ready = False
+            return 0
+        if not entries:
+            return 0
+        try:
+            self.handle_entries(entries, counts)
+        except BaseException:
+            self._recovering = True  # the batch stays pending: read it again first (stored outcomes dedupe it)
+            raise
+        return len(entries)
+
+    def _fetch(self, block_ms: int | None) -> tuple[list[Entry], dict[str, int]]:
+        count = self.config.batch_size
+        if self._recovering:
+            entries = self.group.read_own_pending(count=count)
+            if entries:
+                return entries, self._delivery_counts(entries)
+            self._recovering = False
+        now = time.monotonic()
+        if now - self._last_claim >= self.config.claim_every_s:
+            self._last_claim = now
+            claimed = self.group.autoclaim(min_idle_ms=self.config.failover_ms, count=count,
+                                           start=self._claim_cursor)
+            self._claim_cursor = claimed.next_start
+            if claimed.entries:
+                self.counters["claimed"] += len(claimed.entries)
+                log.info("%s: took over %d idle entries", self.name, len(claimed.entries))
+                return claimed.entries, claimed.delivery_counts
+        return self.group.read_new(count=count, block_ms=block_ms), {}
+
+    def _delivery_counts(self, entries: Sequence[Entry]) -> dict[str, int]:
+        rows = self.client.xpending_range(
+            self.group.stream, GROUP, min=entries[0][0], max=entries[-1][0], count=len(entries) + 16,
+            consumername=self.name,
+        )
+        out = {}
+        for row in rows:
+            mid = row["message_id"]
+            out[mid.decode() if isinstance(mid, bytes) else mid] = int(row["times_delivered"])
+        return out
+
+    # ------------------------------------------------------------------ one batch
+
+    def handle_entries(self, entries: Sequence[Entry], delivery_counts: dict[str, int] | None = None) -> None:
+        """Settle a batch: every entry gets exactly one outcome and is acknowledged."""
+        batch = Batch()
+        counts = delivery_counts or {}
+        parsed: list[ParsedRequest] = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted while pending (already settled): only the acknowledgement is missing
+                batch.ack_ids.append(entry_id)
+                continue
+            delivered = counts.get(entry_id, 1)
+            if delivered > self.config.max_deliveries:
+                self._dead_letter(entry_id, fields, f"delivered {delivered} times without being settled", batch)
+                continue
+            try:
+                parsed.append(parse_entry(entry_id, fields, auth_types=self.auth_types))
+            except MalformedRequest as error:
+                self._dead_letter(entry_id, fields, error.reason, batch, request_id=error.request_id)
+        self.counters["batches"] += 1
+        if parsed:
+            self._settle(parsed, batch)
+        self._finish(batch)
+
+    def _dead_letter(
+        self, entry_id: str, fields: dict[bytes, bytes], reason: str, batch: Batch, *, request_id: str | None = None
+    ) -> None:
+        log.warning("%s: dead-lettering %s: %s", self.name, entry_id, reason)
+        self.group.dead_letter(self.keys.dead(DEAD_LETTER_NAME), entry_id, redacted_fields(fields), reason,
+                               delete=True)
+        self.counters["dead"] += 1
+        if request_id is not None:
+            batch.reply(request_id, _refusal("malformed_request", reason))
+
+    def _settle(self, requests: list[ParsedRequest], batch: Batch) -> None:
+        tokens = list({r.session for r in requests if r.session})
+        principals = dict(zip(tokens, self.sessions.resolve_many(tokens), strict=True)) if tokens else {}
+        now = self.clock()
+        works: list[Work] = []
+        for request in requests:
+            batch.ack_ids.append(request.entry_id)
+            try:
+                work = self._admit(request, principals.get(request.session) if request.session else None, now,
+                                   batch)
+            except Exception as error:  # one bad request never stops the bank
+                log.exception("%s: request %s failed", self.name, request.entry_id)
+                batch.reply(request.request_id, _refusal("internal_error", f"internal error: {type(error).__name__}",
+                                                         request.command_id))
+                continue
+            if work is not None:
+                works.append(work)
+        if works:
+            self._decide_and_append(works, now, batch)
+
+    def _admit(self, request: ParsedRequest, principal: Principal | None, now: float, batch: Batch) -> Work | None:
+        """Authenticate and authorize; returns the work to decide, or ``None`` when already answered."""
+        if request.command is None:
+            return self._login_request(request, now, batch)
+        if principal is None:
+            self.counters["refused"] += 1
+            batch.reply(request.request_id, _refusal(Reason.UNAUTHENTICATED, "not logged in: run 'bankctl login'",
+                                                     request.command_id))
+            return None
+        denied = permission_error(principal, request.type, request.account)
+        if denied is not None:
+            self.counters["refused"] += 1
+            batch.reply(request.request_id, _refusal(Reason.NOT_PERMITTED, denied, request.command_id))
+            return None
+        if isinstance(request.command, ChangePassword):
+            command = request.command
+            check = self._auth_service().check_proof(command.account, command.proof, now)
+            if not check.ok:
+                self.counters["refused"] += 1
+                refusal = _refusal(check.code or Reason.INVALID_PROOF, check.message or "the password is wrong",
+                                   request.command_id)
+                if check.lock_event:
+                    return self._lock_work(request, check.lock_event, refusal)
+                batch.reply(request.request_id, refusal)
+                return None
+        return Work(request, principal, principal.name)
+
+    def _auth_service(self) -> Any:
+        if self._auth is None:
+            from auth_zkp.login import AuthService  # engineer C's module; imported only when needed
+
+            self._auth = AuthService(self.client, keys=self.keys, vault=self.vault, server_id=self.server_id,
+                                     sessions=self.sessions)
+        return self._auth
+
+    def _login_request(self, request: ParsedRequest, now: float, batch: Batch) -> Work | None:
+        assert request.payload is not None
+        reply = dict(self._auth_service().handle(request.type, request.payload, request.session, now))
+        lock = reply.pop("_lock_event", None)
+        if not lock:
+            batch.reply(request.request_id, reply)
+            return None
+        return self._lock_work(request, lock, reply)
+
+    def _lock_work(self, request: ParsedRequest, lock: dict[str, Any], reply: dict[str, Any]) -> Work:
+        """An ``AccountLocked`` event to append; the script delivers ``reply`` with it."""
+        account = int(lock["account"])
+        return Work(request, Principal(account, "customer"), LOGIN_ACTOR, accounts=(account,), lock=dict(lock),
+                    lock_reply=reply)
+
+    # ------------------------------------------------------------------ deciding and appending
+
+    def _decide_and_append(self, works: list[Work], now: float, batch: Batch) -> None:
+        opens = [w for w in works if isinstance(w.request.command, OpenAccount)]
+        pipe = self.client.pipeline(transaction=False)
+        for _ in opens:
+            pipe.incr(self.keys.account_ids)
+        pipe.mget([self.keys.command_outcome(work.request.command_id) for work in works])
+        results = pipe.execute()
+        for work, new_id in zip(opens, results[: len(opens)], strict=True):
+            work.new_account_id = int(new_id)
+        live: list[Work] = []
+        for work, stored in zip(works, results[-1], strict=True):
+            if stored is not None and work.lock is None:
+                self._duplicate(work, stored, batch)
+                continue
+            if work.new_account_id is not None:
+                self.vault.create_data_key(work.new_account_id)
+            if work.lock is None:
+                assert work.request.command is not None
+                work.accounts = touched_accounts(work.request.command, Context(work.principal, work.new_account_id))
+            live.append(work)
+        occurred_at = utc_timestamp(datetime.fromtimestamp(now, UTC))
+        for round_number in range(self.config.max_rounds):
+            if not live:
+                return
+            if round_number:  # two handlers racing for hot accounts: desynchronise them (jittered backoff)
+                time.sleep(random.uniform(0, self.config.backoff_s * 2**round_number))
+            states = self._load({a for w in live for a in w.accounts})
+            prepared: list[tuple[Work, PreparedCommand]] = []
+            overlay = dict(states)
+            for work in live:
+                try:
+                    item = self._prepare(work, overlay, occurred_at)
+                except Exception as error:  # a decider or sealing bug must not take the batch down
+                    log.exception("%s: command %s failed", self.name, work.request.command_id)
+                    batch.reply(work.request.request_id, _refusal(
+                        "internal_error", f"internal error: {type(error).__name__}", work.request.command_id))
+                    continue
+                prepared.append((work, item))
+            results = self.appender.append([item for _, item in prepared])
+            live = []
+            for (work, _item), result in zip(prepared, results, strict=True):
+                if result.status is AppendStatus.CONFLICT:
+                    self.counters["conflicts"] += 1
+                    live.append(work)
+                    continue
+                self.counters["processed"] += 1
+                if result.status is AppendStatus.DUPLICATE:
+                    self.counters["dups"] += 1
+                    self._after_duplicate(work, batch)
+                elif result.status is AppendStatus.REJECTED:
+                    self.counters["rejected"] += 1
+                else:
+                    self._after_success(work, batch)
+        if live:
+            self._give_up(live, batch)
+
+    def _give_up(self, works: list[Work], batch: Batch) -> None:
+        """Settle commands that kept conflicting as ``conflict``, through the script like any outcome.
+
+        Stored, not merely replied: a copy of the same command id (a client's resend) being decided by the other
+        handler at this moment either won already (the script then answers with its outcome) or will find this
+        one. Either way the command id has exactly one outcome; a client retries with a new command id.
+        """
+        prepared = [
+            PreparedCommand(self.keys.command_outcome(w.request.command_id), self.keys.reply(w.request.request_id),
+                            [], [], orjson.dumps(_refusal(Reason.CONFLICT, "the accounts changed too often while "
+                                                          "deciding; try again", w.request.command_id)))
+            for w in works
+        ]
+        for work, result in zip(works, self.appender.append(prepared), strict=True):
+            self.counters["processed"] += 1
+            if result.status is AppendStatus.DUPLICATE:
+                self.counters["dups"] += 1
+                self._after_duplicate(work, batch)
+
+    def _load(self, accounts: set[int]) -> dict[int, AccountState]:
+        return self.state_loader.load(accounts)
+
+    def _prepare(self, work: Work, overlay: dict[int, AccountState], occurred_at: str) -> PreparedCommand:
+        request = work.request
+        origin = Origin(request.command_id, request.request_id, work.actor, occurred_at)
+        before = {a: overlay[a] for a in work.accounts}
+        if work.lock is not None:
+            outcome = _decide_lock(work.lock, before[work.accounts[0]])
+        else:
+            assert request.command is not None
+            outcome = decide(request.command, overlay, Context(work.principal, work.new_account_id))
+        if isinstance(outcome, Rejection):
+            if work.lock_reply is not None:  # nothing to lock: just answer the login request
+                return PreparedCommand(self.keys.command_outcome(request.command_id),
+                                       self.keys.reply(request.request_id), [], [], orjson.dumps(work.lock_reply))
+            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys)
+        prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply)
+        overlay.update(outcome.new_states)
+        self.counters["events"] += len(outcome.events)
+        return prepared
+
+    # ------------------------------------------------------------------ after the append
+
+    def _duplicate(self, work: Work, stored: bytes, batch: Batch) -> None:
+        """A command already settled (a resend or a replay): answer with the first outcome."""
+        self.counters["dups"] += 1
+        self.counters["processed"] += 1
+        batch.reply(work.request.request_id, stored)
+        if orjson.loads(stored).get("ok"):
+            self._after_success(work, batch)
+
+    def _after_duplicate(self, work: Work, batch: Batch) -> None:
+        stored = self.client.get(self.keys.command_outcome(work.request.command_id))
+        if stored is not None and orjson.loads(stored).get("ok"):
+            self._after_success(work, batch)
+
+    def _after_success(self, work: Work, batch: Batch) -> None:
+        if work.lock is not None:  # the request's own command was refused; only a lockout was recorded
+            return
+        command = work.request.command
+        if isinstance(command, EraseCustomer):
+            batch.erase.add(command.account)
+        elif isinstance(command, CloseAccount | ChangePassword):
+            batch.revoke.add(command.account)
+
+    def _finish(self, batch: Batch) -> None:
+        """Side effects that must follow the append, then replies and the acknowledgement, in one round trip."""
+        for account in batch.erase:
+            self.vault.destroy_data_key(account)
+        for account in batch.revoke:
+            self.sessions.revoke_all_for(account)
+        pipe = self.client.pipeline(transaction=False)
+        for request_id, body in batch.replies:
+            key = self.keys.reply(request_id)
+            pipe.rpush(key, body)
+            pipe.expire(key, self.config.reply_ttl_s)
+        if batch.ack_ids:
+            pipe.xack(self.group.stream, GROUP, *batch.ack_ids)
+            pipe.xdel(self.group.stream, *batch.ack_ids)
+        pipe.execute()
+
+
+def _decide_lock(data: dict[str, Any], state: AccountState) -> Decision | Rejection:
+    """Record a login lockout reported by the authentication service (bumps the version, changes nothing else)."""
+    if not state.exists:
+        return Rejection(Reason.UNKNOWN_ACCOUNT, f"account {state.account_id} does not exist")
+    new = state.bump()
+    event = EventDraft("AccountLocked", (state.account_id,), {**data, "account": state.account_id})
+    return Decision((event,), {state.account_id: new}, {"account": state.account_id})
+
+
+def build_handler(client: redis.Redis, *, data_dir: Path, name: str, keys: Keys = KEYS) -> CommandHandler:
+    """A handler wired to the bank's master key and server id under ``data_dir``."""
+    master_key = load_master_key(data_dir / "master.key")
+    server_id_path = data_dir / "server_id"
+    server_id = server_id_path.read_text().strip() if server_id_path.exists() else ""
+    vault = PersonalDataVault(client, keys=keys, master_key=master_key)
+    return CommandHandler(client, keys=keys, vault=vault, name=name, server_id=server_id)
+
+
+def main(*, redis_url: str, data_dir: Path, name: str, **_options: object) -> int:
+    """Entry point of ``bankctl worker handler``: run until SIGTERM/SIGINT."""
+    configure_logging()
+    client = connect(redis_url)
+    handler = build_handler(client, data_dir=Path(data_dir), name=name)
+    runner = WorkerRunner(handler, client=client, keys=KEYS, name=name)
+    runner.install_signal_handlers()
+    return runner.run()

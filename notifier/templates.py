@@ -1,0 +1,90 @@
+"""Short SMS texts for the events a customer is told about (pure functions, no I/O).
+
+Why so terse: one GSM segment (160 characters) per message keeps cost and splitting predictable, and an SMS is
+read on a lock screen, so it carries only what happened, the amount, the masked account number, the balance
+after and the time. No names, no full account numbers, and a transfer never reveals the other party.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from commands.money import format_cents
+
+BRAND = "Fintech Fortress"
+MAX_SMS_CHARS = 160
+NOTIFIED_TYPES = frozenset(
+    {"MoneyDeposited", "MoneyWithdrawn", "MoneyTransferred", "PasswordChanged", "AccountLocked", "AccountClosed"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One message to one account holder about one event (before the phone number is looked up)."""
+
+    account: int
+    body: str
+
+
+def mask_account(account: int) -> str:
+    """``42`` -> ``"****0042"``: enough for the customer to recognise, useless to anyone else."""
+    return "****" + f"{account % 10_000:04d}"
+
+
+def short_time(occurred_at: str) -> str:
+    """``"2026-11-24T01:02:03.123456Z"`` (or without micros) -> ``"2026-11-24 01:02 UTC"``; else the raw text."""
+    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(occurred_at, layout).strftime("%Y-%m-%d %H:%M UTC")
+        except (TypeError, ValueError):
+            continue
+    return str(occurred_at)[:25]
+
+
+def _lock_end(until: Any) -> str:
+    """``until`` may be epoch seconds (number or numeric text) or an ISO time; show minutes in UTC."""
+    try:
+        seconds = float(until)
+    except (TypeError, ValueError):
+        return short_time(str(until)) if until else "later"
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _money(verb: str, account: int, amount: int, balance: int, when: str) -> str:
+    return (f"{BRAND}: {verb} {format_cents(amount)} on account {mask_account(account)}. "
+            f"Balance {format_cents(balance)}. {when}")
+
+
+def notices_for(event_type: str, data: Mapping[str, Any], occurred_at: str) -> list[Notice]:
+    """The messages an event calls for, one per account holder concerned (empty for other event types)."""
+    when = short_time(occurred_at)
+    match event_type:
+        case "MoneyDeposited":
+            account = int(data["account"])
+            return [Notice(account, _money("Deposit of", account, int(data["amount"]), int(data["balance_after"]),
+                                           when))]
+        case "MoneyWithdrawn":
+            account = int(data["account"])
+            return [Notice(account, _money("Withdrawal of", account, int(data["amount"]),
+                                           int(data["balance_after"]), when))]
+        case "MoneyTransferred":
+            source, target, amount = int(data["from"]), int(data["to"]), int(data["amount"])
+            return [
+                Notice(source, _money("Transfer out", source, amount, int(data["from_balance_after"]), when)),
+                Notice(target, _money("Transfer in", target, amount, int(data["to_balance_after"]), when)),
+            ]
+        case "PasswordChanged":
+            account = int(data["account"])
+            return [Notice(account, f"{BRAND}: the password of account {mask_account(account)} was changed. "
+                                    f"{when}. Not you? Call us now.")]
+        case "AccountLocked":
+            account = int(data["account"])
+            return [Notice(account, f"{BRAND}: account {mask_account(account)} locked after failed sign-ins "
+                                    f"until {_lock_end(data.get('until'))}. Not you? Call us.")]
+        case "AccountClosed":
+            account = int(data["account"])
+            return [Notice(account, f"{BRAND}: account {mask_account(account)} was closed. {when}")]
+    return []

@@ -1,0 +1,165 @@
+"""The projector worker: follows the log into one SQLite read model and serves queries from it (DESIGN §6, §7).
+
+``poll_once`` XREADs after the checkpoint, checks the seq is gapless and applies the batch in one transaction
+with the new checkpoint. A gap or an event that does not apply stops the worker (``FatalWorkerError``): it
+never skips. A deleted or replaced file is noticed and reopened (a new file is rebuilt from seq 1); a
+checkpoint that moved underneath (``projections rebuild`` swapped a new database in) is adopted.
+
+The process also runs a :class:`projections.queries.QueryServer` thread on its own Redis and SQLite
+connections; it takes queries only while this projector is at the head of the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import redis
+
+from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.keys import KEYS, Keys
+from eventstore.log import read_after
+from eventstore.pii import PersonalDataVault, load_master_key
+from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
+from projections.apply import ApplyError, Opener
+from projections.database import ProjectionDatabase
+from projections.schema import read_checkpoint
+from projections.store import write_batch
+
+log = logging.getLogger("bank.projector")
+
+LIVE_BATCH = 1000
+LIVE_BLOCK_MS = 1000
+
+
+class Projector:
+    """Applies the log to one database, batch by batch."""
+
+    kind = "projector"
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys,
+        db: ProjectionDatabase,
+        vault: PersonalDataVault,
+        batch: int = LIVE_BATCH,
+        block_ms: int | None = LIVE_BLOCK_MS,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.db = db
+        self.vault = vault
+        self.batch = batch
+        self.block_ms = block_ms
+        self.counters: dict[str, int] = {"events": 0, "batches": 0, "reopened": 0}
+        self.checkpoint = 0
+        self.live = False
+        self.changed = threading.Condition()
+        self._generation = -1
+
+    @property
+    def open_pii(self) -> Opener:
+        return self.vault.open
+
+    def is_live(self) -> bool:
+        """At the head as of the last read, on a file that is still in place (queries are served only then)."""
+        return self.live and self.db.path_is_current()
+
+    def _sync_with_file(self) -> None:
+        if self.db.ensure_current() or self.db.generation != self._generation:
+            self._generation = self.db.generation
+            self.checkpoint = read_checkpoint(self.db.writer)
+            self.live = False
+            self.counters["reopened"] += 1
+
+    def poll_once(self) -> int:
+        self._sync_with_file()
+        block = self.block_ms if self.live else None
+        events = read_after(self.client, self.keys, self.checkpoint, count=self.batch, block_ms=block)
+        if not events:
+            self.live = True
+            return 0
+        try:
+            result = write_batch(self.db.writer, events, expected_checkpoint=self.checkpoint,
+                                 open_pii=self.open_pii)
+        except ApplyError as error:
+            raise FatalWorkerError(f"{self.db.path}: {error}") from error
+        except sqlite3.IntegrityError as error:
+            raise FatalWorkerError(f"{self.db.path}: rows contradict the checkpoint: {error}") from error
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as error:
+            self.db.reopen_fresh(error)
+            return 0
+        if result.moved:
+            log.warning("%s: checkpoint moved from %d to %d underneath (rebuild swapped in); continuing",
+                        self.db.path, self.checkpoint, result.checkpoint)
+            self.checkpoint = result.checkpoint
+            self.live = False
+            return 0
+        for account in result.erased:
+            self.vault.forget_cached(account)
+        self.checkpoint = result.checkpoint
+        self.live = len(events) < self.batch
+        self.counters["events"] += result.applied
+        self.counters["batches"] += 1
+        with self.changed:
+            self.changed.notify_all()
+        return result.applied
+
+
+def resolve_db_path(data_dir: Path, db_path: str | Path | None) -> Path:
+    """A bare file name (``--db database1.db``) is taken inside the data directory, any other path as given."""
+    if db_path is None:
+        return Path(data_dir) / "database1.db"
+    path = Path(db_path)
+    if not path.is_absolute() and len(path.parts) == 1:
+        return Path(data_dir) / path
+    return path.resolve()
+
+
+def main(
+    *,
+    redis_url: str,
+    data_dir: Path,
+    name: str = "projector-1",
+    db_path: str | Path | None = None,
+    keys: Keys = KEYS,
+    serve_queries: bool = True,
+    **_options: object,
+) -> int:
+    from projections.queries import QueryServer, QueryThread
+
+    configure_logging()
+    data_dir = Path(data_dir)
+    path = resolve_db_path(data_dir, db_path)
+    try:
+        master_key = load_master_key(data_dir / "master.key")
+    except (OSError, ValueError) as error:
+        log.error("cannot load the master key: %s", error)
+        return 1
+    client = connect(redis_url)
+    db = ProjectionDatabase(path)
+    projector = Projector(client, keys=keys, db=db,
+                          vault=PersonalDataVault(client, keys=keys, master_key=master_key),
+                          block_ms=min(LIVE_BLOCK_MS, MAX_BLOCK_MS))
+    thread: QueryThread | None = None
+    if serve_queries:
+        server = QueryServer(connect(redis_url), keys=keys, db=db, consumer=name, ready=projector.is_live,
+                             changed=projector.changed)
+        thread = QueryThread(server, name=f"{name}-queries")
+        thread.start()
+    runner = WorkerRunner(projector, client=client, keys=keys, name=name,
+                          extra_status=lambda: {"checkpoint": projector.checkpoint, "db": str(path),
+                                                "live": int(projector.live)})
+    runner.install_signal_handlers()
+    try:
+        return runner.run()
+    finally:
+        if thread is not None:
+            thread.stop()
+        db.close()

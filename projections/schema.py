@@ -1,0 +1,125 @@
+"""The SQLite read model: tables, pragmas and the checkpoint (DESIGN §1, §6).
+
+Personal data is stored only masked (phone ``***4567``, SSN ``***-**-1234``) or, for names, as shown to the
+customer; after ``CustomerDataErased`` every personal column holds ``[erased]``. The checkpoint (last applied
+seq) lives in ``meta`` and is written in the same transaction as the rows it covers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+PAGE_SIZE = 4096
+BUSY_TIMEOUT_MS = 30_000
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS accounts (
+        id INTEGER PRIMARY KEY,
+        role TEXT NOT NULL,
+        status TEXT NOT NULL,
+        balance INTEGER NOT NULL,
+        first_name TEXT,
+        last_name TEXT,
+        phone TEXT,
+        ssn_masked TEXT,
+        sms_opt_in INTEGER NOT NULL,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT,
+        erased INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS transactions (
+        seq INTEGER NOT NULL,
+        account INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        counterparty INTEGER,
+        balance_after INTEGER NOT NULL,
+        occurred_at TEXT NOT NULL,
+        PRIMARY KEY (seq, account)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS transactions_by_account ON transactions (account, seq)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+
+ACCOUNT_COLUMNS = ("id", "role", "status", "balance", "first_name", "last_name", "phone", "ssn_masked",
+                   "sms_opt_in", "opened_at", "closed_at", "erased", "version")
+TRANSACTION_COLUMNS = ("seq", "account", "event_id", "kind", "amount", "counterparty", "balance_after",
+                       "occurred_at")
+CHECKSUM_TABLES = {"accounts": ("id",), "transactions": ("seq", "account")}
+
+
+class DatabaseUnusable(RuntimeError):
+    """The file is not a projection database (corrupt, foreign or from a newer schema)."""
+
+
+def connect(path: Path, *, live: bool = True, check_same_thread: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) a projection database.
+
+    ``live``: WAL with ``synchronous=NORMAL`` (a crash loses at most the last transactions, never consistency;
+    the checkpoint rolls back with them). Otherwise (a rebuild into a private temp file) no journal and no
+    fsync until the caller's final fsync.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        if live:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        else:
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        ensure_schema(conn)
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise DatabaseUnusable(f"{path}: {error}") from error
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise DatabaseUnusable(f"schema version {version} is newer than this code ({SCHEMA_VERSION})")
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in DDL:
+            conn.execute(statement)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checkpoint', '0')")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def read_checkpoint(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'checkpoint'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def write_checkpoint(conn: sqlite3.Connection, seq: int) -> None:
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'", (str(seq),))
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """For audits and status: never creates the file, never writes (``DatabaseUnusable`` if absent/bad)."""
+    if not path.exists():
+        raise DatabaseUnusable(f"{path} does not exist")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            conn.close()
+            raise DatabaseUnusable(f"{path} is not a projection database of schema {SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as error:
+        raise DatabaseUnusable(f"{path}: {error}") from error
+    return conn

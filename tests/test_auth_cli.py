@@ -1,0 +1,161 @@
+"""bankctl init / login / whoami / password change / logout end to end, against a real redis-server with ACLs.
+
+The command handler is engineer A's; here a minimal stand-in routes auth requests to AuthService exactly as
+the contract says (and ChangePassword via verify_password_proof), so the CLI side is tested on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+import time
+
+import orjson
+import pytest
+import redis
+from click.testing import CliRunner
+
+from auth_zkp.login import AUTH_REQUEST_TYPES, AuthService, pop_lock_event
+from auth_zkp.sessions import SessionStore
+from bankctl.acl import acl_file_path, credentials
+from bankctl.embedded_redis import start_redis
+from bankctl.profile import load_session
+from eventstore.keys import Keys
+from eventstore.log import read_range
+from eventstore.pii import PersonalDataVault, load_master_key
+
+pytestmark = pytest.mark.redis_server
+ADMIN_PW = "an admin password"
+
+
+def _stand_in_handler(client: redis.Redis, service: AuthService, sessions: SessionStore, vault: PersonalDataVault,
+                      keys: Keys, stop: threading.Event) -> None:
+    last = "0"
+    while not stop.is_set():
+        batch = client.xread({keys.commands: last}, count=10, block=100)
+        for _stream, entries in batch or []:
+            for entry_id, fields in entries:
+                last = entry_id
+                kind = fields[b"type"].decode()
+                payload = orjson.loads(fields[b"payload"])
+                token = fields.get(b"session", b"").decode() or None
+                if kind in AUTH_REQUEST_TYPES:
+                    reply = service.handle(kind, payload, token, time.time())
+                    pop_lock_event(reply)
+                elif kind == "ChangePassword":
+                    principal = sessions.resolve(token)
+                    account = payload["account"]
+                    if principal is None or principal.account_id != account:
+                        reply = {"ok": False, "code": "not_permitted", "message": "no"}
+                    elif not service.verify_password_proof(account, payload["proof"]):
+                        reply = {"ok": False, "code": "invalid_proof", "message": "wrong password"}
+                    else:
+                        cred = payload["credential"]
+                        client.hset(keys.account(account), mapping={
+                            "cred_salt": cred["salt"], "cred_kdf": orjson.dumps(cred["kdf"]).decode(),
+                            "cred_key": vault.seal(account, "public_key", cred["public_key"])})
+                        sessions.revoke_all_for(account)
+                        reply = {"ok": True, "account": account}
+                else:
+                    reply = {"ok": False, "code": "invalid_request", "message": kind}
+                client.rpush(keys.reply(fields[b"request_id"].decode()), orjson.dumps(reply))
+
+
+@pytest.fixture
+def bank_dir(tmp_path, monkeypatch):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not installed")
+    monkeypatch.delenv("BANKCTL_REDIS_URL", raising=False)
+    monkeypatch.delenv("BANKCTL_PROFILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("BANKCTL_DATA_DIR", str(tmp_path / "var"))
+    return tmp_path / "var"
+
+
+def run(*args: str, stdin: str | None = None, profile: str = "default") -> tuple[int, dict]:
+    from bankctl.cli import cli
+
+    result = CliRunner().invoke(cli, ["--profile", profile, *args, "--json"], input=stdin)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, (orjson.loads(lines[-1]) if lines else {"_output": result.output})
+
+
+def test_init_login_whoami_change_logout(bank_dir):
+    code, out = run("init", "--admin-password-stdin", stdin=ADMIN_PW + "\n")
+    assert code == 0, out
+    for name in ("master.key", "signing.key"):
+        assert stat.S_IMODE(os.stat(bank_dir / name).st_mode) == 0o600
+    assert (bank_dir / "signing.pub").exists() and (bank_dir / "server_id").exists()
+    code, again = run("init", "--admin-password-stdin", stdin=ADMIN_PW + "\n")
+    assert code == 2, again
+
+    keys = Keys()
+    handle = start_redis(bank_dir / "redis", acl_file=acl_file_path(bank_dir),
+                         wait_password=credentials(bank_dir, "admin"))
+    stop = threading.Event()
+    worker = None
+    try:
+        user, password = credentials(bank_dir, "handler")
+        client = handle.client(username=user, password=password, socket_timeout=10)
+        events = read_range(client, keys, 1)
+        assert [e.type for e in events] == ["AccountOpened", "CredentialsRegistered"]
+        assert ADMIN_PW.encode() not in b"".join(e.body for e in events)
+        vault = PersonalDataVault(client, keys=keys, master_key=load_master_key(bank_dir / "master.key"))
+        sessions = SessionStore(client, keys=keys)
+        service = AuthService(client, keys=keys, vault=vault, server_id=(bank_dir / "server_id").read_text().strip(),
+                              sessions=sessions)
+        worker = threading.Thread(target=_stand_in_handler, args=(client, service, sessions, vault, keys, stop),
+                                  daemon=True)
+        worker.start()
+
+        code, out = run("login", "--account", "0", "--password-stdin", stdin="wrong password\n")
+        assert code == 4 and out["code"] == "invalid_proof"
+        code, out = run("whoami")
+        assert code == 4
+
+        began = time.perf_counter()
+        code, out = run("login", "--account", "0", "--password-stdin", stdin=ADMIN_PW + "\n")
+        elapsed = time.perf_counter() - began
+        assert code == 0 and out == {"ok": True, "account": 0, "role": "admin", "profile": "default"}, out
+        print(f"in-process login took {elapsed * 1000:.0f} ms")
+        saved = load_session("default")
+        assert saved is not None and saved.account_id == 0 and "token" not in out
+        code, out = run("whoami")
+        assert code == 0 and out["account"] == 0 and out["role"] == "admin"
+
+        new_pw = "a brand new admin password"
+        code, out = run("password", "change", "--password-stdin", stdin=f"not the old one\n{new_pw}\n")
+        assert code == 4, out
+        code, out = run("password", "change", "--password-stdin", stdin=f"{ADMIN_PW}\n{new_pw}\n")
+        assert code == 0 and out["changed"] is True, out
+        code, out = run("whoami")
+        assert code == 0, out  # the session was renewed with the new password
+        code, out = run("login", "--account", "0", "--password-stdin", stdin=ADMIN_PW + "\n", profile="old")
+        assert code == 4
+        code, out = run("login", "--account", "0", "--password-stdin", stdin=new_pw + "\n", profile="other")
+        assert code == 0
+
+        token = load_session("default").token
+        code, out = run("logout")
+        assert code == 0 and load_session("default") is None
+        assert sessions.resolve(token) is None
+        assert run("whoami")[0] == 4
+        assert run("logout")[0] == 4
+    finally:
+        stop.set()
+        if worker is not None:
+            worker.join(5)
+        handle.stop()
+
+
+def test_init_refuses_short_or_empty_admin_password(bank_dir):
+    assert run("init", "--admin-password-stdin", stdin="short\n")[0] == 2
+    assert run("init", "--admin-password-stdin", stdin="\n")[0] == 2
+    assert run("init", "--admin-password-stdin", stdin=ADMIN_PW + "\n")[0] == 0
+
+
+def test_no_password_option_exists(bank_dir):
+    code, _ = run("login", "--account", "1", "--password", "x")
+    assert code == 2

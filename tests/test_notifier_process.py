@@ -1,0 +1,203 @@
+"""Real notifier processes on a real redis-server: SIGKILL mid-stream, restart, takeover; and measurements.
+
+The invariant: every opted-in event produced exactly one outbox line per recipient (none lost, none doubled),
+and an erased customer's number appears in no line. Waits are bounded polls on state, never timed assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers_notifier import FakeBank
+
+from eventstore.pii import create_master_key
+from eventstore.worker import WorkerRunner
+from notifier.senders import OutboxSender
+from notifier.worker import GROUP, Notifier
+
+pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+NOTIFIED = {"MoneyDeposited", "MoneyWithdrawn", "MoneyTransferred", "PasswordChanged", "AccountLocked",
+            "AccountClosed"}
+WAIT_LIMIT_S = 60.0
+
+
+def start_notifier(url: str, data_dir: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
+    code = ("import sys, pathlib; from notifier.worker import main; "
+            f"sys.exit(main(redis_url={url!r}, data_dir=pathlib.Path({str(data_dir)!r}), name={name!r}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
+    env["PYTHONPATH"] = str(ROOT)
+    handle = log.open("ab")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=handle, stderr=handle)
+
+
+def outbox_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def wait_for(predicate, what: str, procs=()) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not predicate():
+        for proc in procs:
+            assert proc.poll() is None, f"notifier exited with {proc.returncode} while waiting for {what}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def caught_up(client, keys) -> bool:
+    last = client.get(keys.seq)
+    groups = {g["name"]: g for g in client.xinfo_groups(keys.events)}
+    group = groups.get(GROUP.encode())
+    if group is None or last is None:
+        return False
+    return group["last-delivered-id"] == f"{int(last)}-0".encode() and group["pending"] == 0
+
+
+def expected(bank: FakeBank, opted_in: set[int]) -> Counter:
+    return Counter((event_id, account) for event_id, event_type, accounts in bank.event_ids
+                   if event_type in NOTIFIED for account in accounts if account in opted_in)
+
+
+def pending_of(client, keys, consumer: str) -> int:
+    rows = client.xpending(keys.events, GROUP).get("consumers") or []
+    return sum(int(r["pending"]) for r in rows if r["name"] in (consumer, consumer.encode()))
+
+
+def kill_holding_pending(proc: subprocess.Popen[bytes], client, keys, consumer: str, top_up) -> int:
+    """Freeze the process until it is caught holding unacknowledged events, then SIGKILL it there.
+
+    Returns how many events it held (0 if it was never caught mid-batch within the bounded tries).
+    """
+    for attempt in range(400):
+        proc.send_signal(signal.SIGSTOP)
+        held = pending_of(client, keys, consumer)
+        if held:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            return held
+        proc.send_signal(signal.SIGCONT)
+        if attempt % 50 == 49:
+            top_up()
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    return 0
+
+
+def test_sigkill_mid_stream_then_restart_and_takeover_exactly_once(private_redis, keys, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    create_master_key(data_dir / "master.key")
+    client = private_redis.client()
+    bank = FakeBank(client, keys, master_key=(data_dir / "master.key").read_bytes())
+    rng = random.Random(5)
+    secret_number = "+15557770000"
+    with bank.batch():
+        accounts = [bank.open(sms=rng.random() < 0.7) for _ in range(60)]
+        erased = bank.open(phone=secret_number, sms=True)
+        bank.deposit(erased, 700)
+        bank.transfer(erased, accounts[0], 700)
+        bank.close(erased)
+        for account in accounts:
+            bank.deposit(account, 1_000_000)
+    bank.erase(erased)
+    opted_in = {a for a in accounts if bank.states[a].sms_opt_in}
+
+    def money_events(n: int) -> None:
+        with bank.batch():
+            for _ in range(n):
+                source, target = rng.sample(accounts, 2)
+                match rng.randrange(3):
+                    case 0:
+                        bank.deposit(source, rng.randrange(1, 10_000))
+                    case 1:
+                        bank.withdraw(source, rng.randrange(1, 100))
+                    case _:
+                        bank.transfer(source, target, rng.randrange(1, 100))
+
+    outbox = data_dir / "outbox.jsonl"
+    log = tmp_path / "notifier.log"
+    money_events(1000)
+    first = start_notifier(private_redis.url, data_dir, "n1", log)
+    wait_for(lambda: len(outbox_lines(outbox)) > 0, "n1 to write its first lines", [first])
+    held_by_n1 = kill_holding_pending(first, client, keys, "n1", top_up=lambda: money_events(100))
+    assert held_by_n1 > 0
+    money_events(1000)
+    # A second process takes over n1's pending events (XAUTOCLAIM after the idle threshold), then dies too.
+    second = start_notifier(private_redis.url, data_dir, "n2", log)
+    wait_for(lambda: pending_of(client, keys, "n1") == 0, "n2 to take over n1's events", [second])
+    held_by_n2 = kill_holding_pending(second, client, keys, "n2", top_up=lambda: money_events(100))
+    print(f"\nSIGKILLed n1 holding {held_by_n1} and n2 holding {held_by_n2} unacknowledged events")
+    money_events(200)
+    third = start_notifier(private_redis.url, data_dir, "n2", log)  # same name: re-reads its own pending
+    wait_for(lambda: caught_up(client, keys), "the group to drain", [third])
+    third.send_signal(signal.SIGTERM)
+    assert third.wait(15) == 0
+
+    written = outbox_lines(outbox)
+    assert sum(1 for _e, t, _a in bank.event_ids if t.startswith("Money")) >= 2000
+    got = Counter((m["event_id"], m["account"]) for m in written)
+    want = expected(bank, opted_in)
+    assert got - want == Counter(), f"doubled or unexpected: {list((got - want).items())[:5]}"
+    assert want - got == Counter(), f"lost: {list((want - got).items())[:5]}"
+    assert secret_number not in outbox.read_text()
+    assert all(m["account"] != erased for m in written)
+    assert "took over" in log.read_text(), "n2 must have claimed n1's pending events"
+    print(f"events in the log {len(bank.event_ids)}, outbox lines {len(written)}, all exactly once")
+
+
+def test_measure_outbox_throughput_and_event_to_message_latency(redis_server, real_redis, keys, tmp_path):
+    """Reports numbers (printed with -s); asserts only correctness, never time."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    create_master_key(data_dir / "master.key")
+    bank = FakeBank(real_redis, keys, master_key=(data_dir / "master.key").read_bytes())
+    with bank.batch():
+        accounts = [bank.open(sms=True) for _ in range(200)]
+        for i in range(10_000):
+            bank.deposit(accounts[i % 200], 100)
+    outbox = data_dir / "outbox.jsonl"
+    notifier = Notifier(real_redis, keys=keys, vault=bank.vault, sender=OutboxSender(outbox), consumer="bench",
+                        block_ms=None)
+    started = time.perf_counter()
+    runner = WorkerRunner(notifier, client=real_redis, keys=keys, name="bench", burst=True)
+    assert runner.run() == 0
+    elapsed = time.perf_counter() - started
+    notifier.sender.close()
+    assert notifier.counters["sent"] == 10_000
+    print(f"\noutbox throughput: {10_000 / elapsed:,.0f} messages/s (10,000 messages, cold directory, "
+          f"{elapsed:.2f}s)")
+
+    # Latency: a notifier process; events appended at about 1,000/s for 3 s (150 ticks of 20 events).
+    live = start_notifier(redis_server.url, data_dir, "bench-live", tmp_path / "live.log")
+    wait_for(lambda: real_redis.exists(keys.worker("bench-live")), "the live notifier to start", [live])
+    before = len(outbox_lines(outbox))
+    for tick in range(150):
+        with bank.batch():
+            for i in range(20):
+                bank.deposit(accounts[(tick * 20 + i) % 200], 1)
+        time.sleep(0.02)
+    wait_for(lambda: len(outbox_lines(outbox)) == before + 3000, "the live notifier", [live])
+    live.send_signal(signal.SIGTERM)
+    assert live.wait(15) == 0
+    lat = sorted(
+        (datetime.fromisoformat(m["queued_at"].replace("Z", "+00:00"))
+         - datetime.fromisoformat(m["occurred_at"].replace("Z", "+00:00"))).total_seconds() * 1000
+        for m in outbox_lines(outbox)[before:]
+    )
+    p50, p99, worst = lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]
+    print(f"event-to-message latency at ~1,000 events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
+    assert len(lat) == 3000

@@ -1,0 +1,186 @@
+"""The projector on fakeredis: appliers, gapless batches, erasure, deleted and swapped database files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import fakeredis
+import pytest
+from helpers_events import EventFactory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventstore.keys import Keys
+from eventstore.worker import FatalWorkerError
+from projections.apply import AccountRow, ApplyError, RowChanges, apply_event, mask_phone, mask_ssn
+from projections.compare import checksums
+from projections.database import ProjectionDatabase
+from projections.projector import Projector
+from projections.rebuild import rebuild
+from projections.schema import connect, read_checkpoint
+
+
+def _project(client, keys, vault, path, *, batch=1000):
+    projector = Projector(client, keys=keys, db=ProjectionDatabase(path), vault=vault, batch=batch, block_ms=None)
+    while projector.poll_once():
+        pass
+    return projector
+
+
+def _row(**changes):
+    base = dict(id=1, role="customer", status="open", balance=100, first_name="A", last_name="B", phone="***1234",
+                ssn_masked="***-**-1234", sms_opt_in=0, opened_at="t", closed_at=None, erased=0, version=1)
+    base.update(changes)
+    return AccountRow(**base)
+
+
+def _body(event_type, data, *, seq=2, accounts=(1,), versions=(2,)):
+    return {"type": event_type, "seq": seq, "event_id": "e" * 32, "occurred_at": "t2", "accounts": list(accounts),
+            "versions": list(versions), "data": data}
+
+
+def test_masks_keep_only_the_last_four_digits():
+    assert mask_phone("+15551234567") == "***4567"
+    assert mask_ssn("123-45-6789") == "***-**-6789"
+    assert mask_phone("[erased]") == "[erased]"
+
+
+def test_applier_refuses_a_balance_that_does_not_add_up():
+    changes = RowChanges(lambda account: _row() if account == 1 else None)
+    with pytest.raises(ApplyError, match="seq 2"):
+        apply_event(changes, 2, _body("MoneyDeposited", {"account": 1, "amount": 50, "balance_after": 151}), None)
+    changes = RowChanges(lambda account: _row() if account == 1 else None)
+    apply_event(changes, 2, _body("MoneyDeposited", {"account": 1, "amount": 50, "balance_after": 150}), None)
+    assert changes.accounts[1].balance == 150 and changes.accounts[1].version == 2
+    assert changes.transactions == [(2, 1, "e" * 32, "deposit", 50, None, 150, "t2")]
+
+
+@pytest.mark.parametrize("body", [
+    _body("MoneyWithdrawn", {"account": 1, "amount": 150, "balance_after": -50}),
+    _body("MoneyDeposited", {"account": 9, "amount": 1, "balance_after": 1}, accounts=(9,)),
+    _body("AccountClosed", {"account": 1}),
+    _body("Mystery", {"account": 1}),
+    _body("MoneyDeposited", {"account": 1, "amount": 1, "balance_after": 101}, versions=(0,)),
+])
+def test_applier_refuses_impossible_events(body):
+    with pytest.raises(ApplyError):
+        apply_event(RowChanges(lambda account: _row() if account == 1 else None), 2, body, None)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 6), st.integers(0, 120), st.integers(0, 10_000), st.sampled_from([7, 64, 1000]))
+def test_projection_matches_the_write_side_for_any_traffic(accounts, commands, seed, batch):
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    keys = Keys()
+    factory = EventFactory(client, keys)
+    opened = factory.open_accounts(accounts)
+    factory.random_traffic(opened, commands, seed=seed)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as work:
+        projector = _project(client, keys, factory.vault, Path(work) / "db.db", batch=batch)
+        conn = projector.db.writer
+        assert read_checkpoint(conn) == factory.last_seq
+        rows = dict(conn.execute("SELECT id, balance FROM accounts").fetchall())
+        assert rows == {a: factory.states[a].balance for a in opened}
+        versions = dict(conn.execute("SELECT id, version FROM accounts").fetchall())
+        assert versions == {a: factory.states[a].version for a in opened}
+        for account in opened:
+            last = conn.execute("SELECT balance_after FROM transactions WHERE account = ? ORDER BY seq DESC LIMIT 1",
+                                (account,)).fetchone()
+            assert (last[0] if last else 0) == rows[account]
+        projector.db.close()
+
+
+def test_gap_stops_the_projector_without_moving_the_checkpoint(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    factory.open_accounts(3)
+    fake_redis.xdel(keys.events, "4-0")
+    projector = Projector(fake_redis, keys=keys, db=ProjectionDatabase(tmp_path / "db.db"), vault=factory.vault,
+                          block_ms=None)
+    with pytest.raises(FatalWorkerError, match="expected seq 4"):
+        projector.poll_once()
+    assert read_checkpoint(projector.db.writer) == 0
+
+
+def test_an_event_that_does_not_apply_stops_the_projector(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    [account] = factory.open_accounts(1)
+    factory.deposit(account, 500)
+    projector = _project(fake_redis, keys, factory.vault, tmp_path / "db.db")
+    checkpoint = projector.checkpoint
+    fake_redis.xadd(keys.events, {"seq": checkpoint + 1, "type": "MoneyDeposited", "body": b"{}"},
+                    id=f"{checkpoint + 1}-0")
+    with pytest.raises(FatalWorkerError):
+        projector.poll_once()
+    assert read_checkpoint(projector.db.writer) == checkpoint
+
+
+def test_erasure_masks_everything_and_a_rebuild_agrees(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    first, second = factory.open_accounts(2)
+    factory.update_profile(first, phone="+15550001111", first_name="Zed")
+    factory.deposit(first, 1000)
+    factory.withdraw(first, 1000)
+    live = _project(fake_redis, keys, factory.vault, tmp_path / "live.db")
+    row = live.db.writer.execute("SELECT first_name, phone, ssn_masked FROM accounts WHERE id = ?", (first,)).fetchone()
+    assert row[0] == "Zed" and row[1] == "***1111" and row[2].startswith("***-**-")
+    factory.close(first)
+    factory.erase(first)
+    live.poll_once()
+    row = live.db.writer.execute(
+        "SELECT first_name, last_name, phone, ssn_masked, erased FROM accounts WHERE id = ?", (first,)).fetchone()
+    assert row == ("[erased]", "[erased]", "[erased]", "[erased]", 1)
+    other = live.db.writer.execute("SELECT first_name FROM accounts WHERE id = ?", (second,)).fetchone()
+    assert other[0] != "[erased]"
+    rebuild(fake_redis, keys, factory.vault, tmp_path / "rebuilt.db")
+    assert checksums(connect(tmp_path / "rebuilt.db")) == checksums(live.db.writer)
+
+
+def test_deleted_database_is_recreated_and_rebuilt_from_seq_1(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    accounts = factory.open_accounts(4)
+    factory.random_traffic(accounts, 50)
+    path = tmp_path / "database1.db"
+    projector = _project(fake_redis, keys, factory.vault, path)
+    before = checksums(projector.db.writer)
+    path.unlink()
+    assert not projector.is_live()
+    while projector.poll_once():
+        pass
+    assert path.exists() and projector.counters["reopened"] >= 2
+    assert checksums(projector.db.writer) == before
+
+
+def test_corrupt_database_is_set_aside_and_rebuilt(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    factory.open_accounts(3)
+    path = tmp_path / "database1.db"
+    path.write_bytes(b"this is not a database" * 300)
+    projector = _project(fake_redis, keys, factory.vault, path)
+    assert projector.checkpoint == factory.last_seq
+    assert list(tmp_path.glob("database1.db.corrupt-*"))
+
+
+def test_rebuild_swaps_in_under_a_live_projector(fake_redis, keys, tmp_path):
+    factory = EventFactory(fake_redis, keys)
+    accounts = factory.open_accounts(5)
+    factory.random_traffic(accounts, 80)
+    path = tmp_path / "database1.db"
+    live = _project(fake_redis, keys, factory.vault, path)
+    reader = sqlite3.connect(path)  # another reader with the file open during the swap
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT value FROM meta WHERE key = 'checkpoint'").fetchone()[0] == str(factory.last_seq)
+    reader.execute("COMMIT")
+    live.db.writer.execute("UPDATE accounts SET balance = balance + 1")  # damage that a rebuild must repair
+    result = rebuild(fake_redis, keys, factory.vault, path)
+    assert result.swapped == "backup" and result.checkpoint == factory.last_seq
+    factory.random_traffic(accounts, 30, seed=99)
+    while live.poll_once():
+        pass
+    fresh = rebuild(fake_redis, keys, factory.vault, tmp_path / "fresh.db")
+    assert fresh.checkpoint == factory.last_seq
+    assert checksums(live.db.writer) == checksums(connect(tmp_path / "fresh.db"))
+    assert checksums(reader) == checksums(live.db.writer)
+    assert live.db.writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
