@@ -40,11 +40,11 @@ def role_rules(role: str, keys: Keys) -> str:
     p = keys.prefix
     if role == "client":
         return (f"resetkeys resetchannels -@all {_CONNECTION} +xadd ~{p}commands ~{p}queries "
-                f"(~{p}reply:* +blpop +lpop +del)")
+                f"(~{p}reply:* +blpop +lpop +del) (%R~{p}transport_key +get)")
     if role == "handler":
         own = " ".join(f"~{p}{name}" for name in (
             "events", "seq", "account_ids", "commands", "acct:*", "cmd:*", "reply:*", "dead:*", "worker:*",
-            "sess:*", "chal:*", "fail:*", "dek:*", "cred:*", "auth:*"))
+            "sess:*", "chal:*", "fail:*", "dek:*", "auth:*", "transport_key"))
         # The log is written only by XADD inside the append script; XDEL/XTRIM only on the request stream.
         return (f"resetkeys resetchannels -@all {_CONNECTION} {own} +@read +@write +@stream +@hash +@string "
                 f"+@list +@keyspace +@scripting +@transaction -@dangerous -@admin +scan -xdel -xtrim -xsetid "

@@ -18,8 +18,6 @@ from typing import Any
 
 import orjson
 import redis
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auth_zkp.principal import ADMIN_ACCOUNT_ID
 from commands.state import AccountState
@@ -27,6 +25,8 @@ from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedComm
 from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault, create_master_key
+from eventstore.seals import create_signing_key
+from eventstore.transport import create_transport_key
 
 INIT_COMMAND_ID = "init-admin-account-0"
 INIT_ACTOR = "operator:init"
@@ -50,18 +50,19 @@ def ensure_master_key(path: Path) -> bool:
     return True
 
 
-def ensure_signing_key(private_path: Path, public_path: Path) -> bool:
-    """Ed25519 key for the sealer's checkpoints: PKCS#8 PEM (0600) and SubjectPublicKeyInfo PEM beside it."""
+def ensure_signing_key(private_path: Path) -> bool:
+    """Ed25519 key for the sealer's checkpoints (``signing.key`` 0600, ``signing.pub`` beside it)."""
     if private_path.exists():
         return False
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    create_signing_key(private_path)
+    return True
+
+
+def ensure_transport_key(path: Path) -> bool:
+    """X25519 key the handlers open sealed personal data with (see eventstore.transport)."""
+    if path.exists():
+        return False
+    create_transport_key(path)
     return True
 
 

@@ -214,7 +214,8 @@ def _initialise(settings: Any, password_stdin: bool) -> dict[str, Any]:
     data_dir: Path = settings.data_dir
     bootstrap.ensure_private_dir(data_dir)
     bootstrap.ensure_master_key(settings.master_key_path)
-    bootstrap.ensure_signing_key(settings.signing_key_path, data_dir / "signing.pub")
+    bootstrap.ensure_signing_key(settings.signing_key_path)
+    bootstrap.ensure_transport_key(settings.transport_key_path)
     server_id = bootstrap.ensure_server_id(data_dir / "server_id")
     acl_file = write_acl_file(data_dir, settings.keys)
 

@@ -76,6 +76,9 @@ def _money(ctx: click.Context, as_json: bool, request_type: str, amount_text: st
     emit(as_json, _public(reply, amount=amount), human(reply, amount))
 
 
+# Sealed to the bank's transport key in the request (eventstore.transport), never sent in clear.
+PERSONAL_FIELDS = ("ssn", "phone", "first_name", "last_name")
+
 _ACCOUNT = click.option("--account", "account", type=click.IntRange(0, 10**12), default=None,
                         help="Account to act on (default: your own; required for administrators).")
 
@@ -164,7 +167,7 @@ def account_open_cmd(ctx: click.Context, ssn: str, phone: str, first_name: str, 
     settings = _settings(ctx)
     bank = BankSession.from_profile(settings)
     payload["credential"] = make_initial_credential(_read_new_password(password_stdin))
-    reply = bank.command("OpenAccount", payload)
+    reply = bank.command("OpenAccount", payload, personal=PERSONAL_FIELDS)
     emit(as_json, _public(reply), lambda: f"opened account {reply['account']} (seq {reply['seq']})")
 
 
@@ -210,7 +213,7 @@ def profile_update_cmd(ctx: click.Context, phone: str | None, sms: bool | None, 
     settings = _settings(ctx)
     bank = BankSession.from_profile(settings)
     payload["account"] = _target_account(bank.session, account)
-    reply = bank.command("UpdateProfile", payload)
+    reply = bank.command("UpdateProfile", payload, personal=PERSONAL_FIELDS)
     emit(as_json, _public(reply),
          lambda: f"updated {', '.join(reply.get('updated', []))} of account {reply['account']} (seq {reply['seq']})")
 

@@ -57,6 +57,10 @@ class Settings:
         return self.data_dir / "signing.key"
 
     @property
+    def transport_key_path(self) -> Path:
+        return self.data_dir / "transport.key"
+
+    @property
     def outbox_path(self) -> Path:
         return self.data_dir / "outbox.jsonl"
 

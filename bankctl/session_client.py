@@ -16,6 +16,7 @@ from bankctl.last_seq import recall, remember
 from bankctl.output import BankctlError, Exit, raise_for_reply
 from bankctl.profile import ProfileError, SavedSession, load_session
 from commands.client import BankClient, BankUnavailable, Request
+from eventstore.transport import SEALED_FIELD, TransportError, fetch_public_key, seal_fields
 
 
 def load_saved_session(settings: Settings) -> SavedSession:
@@ -57,8 +58,24 @@ class BankSession:
                           else BankClient(client, keys=self.settings.keys, timeout_s=self._timeout_s))
         return self._bank
 
-    def command(self, request_type: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send a command; an ok reply is returned (and its seq remembered), a refusal raised."""
+    def seal_personal(self, fields: dict[str, Any]) -> str:
+        """Personal fields sealed to the bank's transport key: no plaintext SSN ever enters Redis."""
+        try:
+            return self._roundtrip(lambda bank: seal_fields(fetch_public_key(bank.client, self.settings.keys), fields))
+        except TransportError as error:
+            raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
+
+    def command(
+        self, request_type: str, payload: dict[str, Any], *, personal: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Send a command, its ``personal`` fields sealed in transit.
+
+        An ok reply is returned (and its seq remembered); a refusal is raised as :class:`BankctlError`.
+        """
+        if personal:
+            sealed = {name: payload[name] for name in personal if name in payload}
+            clear = {k: v for k, v in payload.items() if k not in sealed}
+            payload = clear | {SEALED_FIELD: self.seal_personal(sealed)}
         reply = raise_for_reply(self._roundtrip(lambda bank: bank.command(
             Request(type=request_type, payload=payload, session=self.session.token))))
         if isinstance(reply.get("seq"), int):

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 import redis
+from nacl.public import PrivateKey
 
 from auth_zkp.authz import permission_error
 from auth_zkp.principal import Principal
@@ -44,6 +45,7 @@ from eventstore.envelope import utc_timestamp
 from eventstore.groups import ConsumerGroup, Entry
 from eventstore.keys import KEYS, Keys
 from eventstore.pii import PersonalDataVault, load_master_key
+from eventstore.transport import load_transport_key, publish_public_key
 from eventstore.worker import WorkerRunner, configure_logging
 
 log = logging.getLogger("bank.handler")
@@ -118,6 +120,7 @@ class CommandHandler:
         vault: PersonalDataVault,
         name: str,
         server_id: str = "",
+        transport_key: PrivateKey | None = None,
         sessions: SessionStore | None = None,
         config: HandlerConfig | None = None,
         clock: Callable[[], float] = time.time,
@@ -127,6 +130,7 @@ class CommandHandler:
         self.vault = vault
         self.name = name
         self.server_id = server_id
+        self.transport_key = transport_key
         self.sessions = sessions or SessionStore(client, keys=keys)
         self.config = config or HandlerConfig()
         self.clock = clock
@@ -214,7 +218,8 @@ class CommandHandler:
                 self._dead_letter(entry_id, fields, f"delivered {delivered} times without being settled", batch)
                 continue
             try:
-                parsed.append(parse_entry(entry_id, fields, auth_types=self.auth_types))
+                parsed.append(parse_entry(entry_id, fields, auth_types=self.auth_types,
+                                          transport_key=self.transport_key))
             except MalformedRequest as error:
                 self._dead_letter(entry_id, fields, error.reason, batch, request_id=error.request_id)
         self.counters["batches"] += 1
@@ -457,7 +462,12 @@ def build_handler(client: redis.Redis, *, data_dir: Path, name: str, keys: Keys 
     server_id_path = data_dir / "server_id"
     server_id = server_id_path.read_text().strip() if server_id_path.exists() else ""
     vault = PersonalDataVault(client, keys=keys, master_key=master_key)
-    return CommandHandler(client, keys=keys, vault=vault, name=name, server_id=server_id)
+    transport_key = None
+    if (data_dir / "transport.key").exists():
+        transport_key = load_transport_key(data_dir / "transport.key")
+        publish_public_key(client, keys, transport_key)
+    return CommandHandler(client, keys=keys, vault=vault, name=name, server_id=server_id,
+                          transport_key=transport_key)
 
 
 def main(*, redis_url: str, data_dir: Path, name: str, **_options: object) -> int:

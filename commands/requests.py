@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pydantic
+from nacl.public import PrivateKey
 
 from commands.models import (
     ChangePassword,
@@ -25,6 +26,7 @@ from commands.models import (
     UpdateProfile,
     Withdraw,
 )
+from eventstore.transport import TransportError, unseal_payload
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_SESSION_BYTES = 256
@@ -96,7 +98,11 @@ def _error_summary(error: pydantic.ValidationError) -> str:
 
 
 def parse_entry(
-    entry_id: str, fields: dict[bytes, bytes], *, auth_types: frozenset[str] = DEFAULT_AUTH_REQUEST_TYPES
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    *,
+    auth_types: frozenset[str] = DEFAULT_AUTH_REQUEST_TYPES,
+    transport_key: PrivateKey | None = None,
 ) -> ParsedRequest:
     """Validate one stream entry; raises :class:`MalformedRequest`."""
     request_id = None
@@ -131,6 +137,10 @@ def parse_entry(
         raise MalformedRequest(f"payload is not valid UTF-8 JSON: {error}", request_id) from error
     if not isinstance(payload, dict):
         raise MalformedRequest("payload must be a JSON object", request_id)
+    try:
+        payload = unseal_payload(transport_key, payload)
+    except TransportError as error:
+        raise MalformedRequest(str(error), request_id) from error
 
     model = MODELS.get(request_type)
     if model is None:

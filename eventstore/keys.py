@@ -63,6 +63,11 @@ class Keys:
         return self._k(f"worker:{name}")
 
     @property
+    def transport_key(self) -> str:
+        """The bank's public X25519 key that clients seal personal fields to (published by the handlers)."""
+        return self._k("transport_key")
+
+    @property
     def auth_secret(self) -> str:
         """Server secret for decoy salts of unknown accounts (created once, shared by every handler)."""
         return self._k("auth:decoy_secret")

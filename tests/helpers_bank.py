@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import redis
+from nacl.public import PrivateKey
 
 from auth_zkp.principal import Principal
 from auth_zkp.sessions import SessionStore
@@ -25,9 +26,11 @@ from commands.handler import CommandHandler, HandlerConfig
 from eventstore.keys import Keys
 from eventstore.log import iterate
 from eventstore.pii import PersonalDataVault, create_master_key, load_master_key
+from eventstore.transport import create_transport_key, publish_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MASTER_KEY = bytes(range(32))
+TEST_TRANSPORT_KEY = PrivateKey(bytes(range(32, 64)))
 
 
 def credential() -> dict[str, Any]:
@@ -51,8 +54,9 @@ def admin_session(client: redis.Redis, keys: Keys) -> str:
 
 def make_handler(client: redis.Redis, keys: Keys, name: str = "handler-1", **config: Any) -> CommandHandler:
     vault = PersonalDataVault(client, keys=keys, master_key=TEST_MASTER_KEY)
+    publish_public_key(client, keys, TEST_TRANSPORT_KEY)
     return CommandHandler(client, keys=keys, vault=vault, name=name, server_id="test-server",
-                          config=HandlerConfig(**config))
+                          config=HandlerConfig(**config), transport_key=TEST_TRANSPORT_KEY)
 
 
 def submit(client: redis.Redis, keys: Keys, request_type: str, payload: dict[str, Any], session: str | None,
@@ -132,6 +136,8 @@ def make_data_dir(path: Path) -> Path:
     if not (path / "master.key").exists():
         create_master_key(path / "master.key")
     (path / "server_id").write_text("test-server\n")
+    if not (path / "transport.key").exists():
+        create_transport_key(path / "transport.key")
     return path
 
 
