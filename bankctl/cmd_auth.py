@@ -10,12 +10,15 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
 
 from bankctl.output import BankctlError, Exit, emit, json_option, raise_for_reply
+
+if TYPE_CHECKING:
+    from bankctl.profile import SavedSession
 
 
 def _settings(ctx: click.Context) -> Any:
@@ -78,18 +81,37 @@ def _prove(password: str, account: int, start: dict[str, Any]) -> dict[str, str]
         raise BankctlError(f"unexpected reply from the bank: {error}", Exit.UNEXPECTED) from error
 
 
-def _login(bank: Any, account: int, password: str, profile: str) -> dict[str, Any]:
-    """Two round trips: LoginStart (challenge, salt) then LoginFinish (proof); saves the session."""
+def _authenticate(bank: Any, account: int, password: str) -> SavedSession:
+    """Two round trips: LoginStart (challenge, salt) then LoginFinish (proof); returns the new session."""
     from bankctl.profile import SavedSession
 
     start = _login_start(bank, account)
     proof = _prove(password, account, start)
     finish = raise_for_reply(_send(bank, "LoginFinish", {"account": account, **proof}))
-    session = SavedSession(token=finish["token"], account_id=int(finish["account"]), role=str(finish["role"]),
-                           server_id=str(start["server_id"]),
-                           created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return SavedSession(token=finish["token"], account_id=int(finish["account"]), role=str(finish["role"]),
+                        server_id=str(start["server_id"]),
+                        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _login(bank: Any, account: int, password: str, profile: str) -> dict[str, Any]:
+    """Log in and save the session to ``profile``."""
+    session = _authenticate(bank, account, password)
     _save(profile, session)
     return {"ok": True, "account": session.account_id, "role": session.role, "profile": profile}
+
+
+def login(settings: Any, account: int, password: str) -> SavedSession:
+    """Log in with the zero-knowledge proof and return the :class:`~bankctl.profile.SavedSession`, unsaved.
+
+    For callers that keep the session elsewhere (the interactive shell keeps it in memory).
+    A refusal is raised as :class:`BankctlError` (wrong password and unknown account look the same).
+    """
+    return _authenticate(_bank_client(settings), account, password)
+
+
+def revoke(settings: Any, session: SavedSession) -> None:
+    """Tell the bank to end ``session`` (best effort: the reply is not checked, like ``logout``)."""
+    _send(_bank_client(settings), "Logout", {}, session=session.token)
 
 
 def _save(profile: str, session: Any) -> None:
@@ -137,7 +159,7 @@ def logout_cmd(ctx: click.Context, as_json: bool) -> None:
     settings = _settings(ctx)
     session = _load(settings.profile)
     try:
-        _send(_bank_client(settings), "Logout", {}, session=session.token)
+        revoke(settings, session)
     finally:
         delete_session(settings.profile)  # forgotten locally even when the bank could not be told
     emit(as_json, {"ok": True, "account": session.account_id, "profile": settings.profile}, "logged out")

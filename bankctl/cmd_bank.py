@@ -35,8 +35,9 @@ def _amount(text: str) -> int:
         raise BankctlError(str(error), Exit.INVALID, "invalid_amount") from error
 
 
-def _check(kind: str, value: Any, label: str) -> Any:
-    """Validate one field with the same rules the bank applies (exit 2 before anything is sent)."""
+def check_field(kind: str, value: Any, label: str) -> Any:
+    """Validate one field (``kind`` names a type in commands.models, like "Ssn") with the same rules the bank
+    applies: exit 2 before anything is sent."""
     from commands import models
 
     adapter = pydantic.TypeAdapter(getattr(models, kind))
@@ -70,10 +71,27 @@ def _money(ctx: click.Context, as_json: bool, request_type: str, amount_text: st
     cents = _amount(amount_text)
     settings = _settings(ctx)
     bank = BankSession.from_profile(settings)
-    source = _target_account(bank.session, account)
-    reply = bank.command(request_type, {"account": source, "amount": cents, **payload})
+    reply = move_money(bank, request_type, _target_account(bank.session, account), cents, **payload)
     amount = format_cents(cents)
     emit(as_json, _public(reply, amount=amount), human(reply, amount))
+
+
+def move_money(bank: BankSession, request_type: str, account: int, cents: int, **payload: Any) -> dict[str, Any]:
+    """Send ``Deposit``, ``Withdraw`` or ``Transfer`` (with ``to=``) of ``cents`` on ``account``."""
+    return bank.command(request_type, {"account": account, "amount": cents, **payload})
+
+
+def deposited_text(reply: dict[str, Any], amount: str) -> str:
+    return f"deposited {amount} to account {reply['account']}: balance {reply['balance']} (seq {reply['seq']})"
+
+
+def withdrew_text(reply: dict[str, Any], amount: str) -> str:
+    return f"withdrew {amount} from account {reply['account']}: balance {reply['balance']} (seq {reply['seq']})"
+
+
+def transferred_text(reply: dict[str, Any], amount: str) -> str:
+    return (f"transferred {amount} from account {reply['account']} to account {reply['to']}: "
+            f"balance {reply['balance']} (seq {reply['seq']})")
 
 
 # Sealed to the bank's transport key in the request (eventstore.transport), never sent in clear.
@@ -90,8 +108,7 @@ _ACCOUNT = click.option("--account", "account", type=click.IntRange(0, 10**12), 
 @click.pass_context
 def deposit_cmd(ctx: click.Context, amount: str, account: int | None, as_json: bool) -> None:
     """Deposit AMOUNT (like 12.50) into an account."""
-    _money(ctx, as_json, "Deposit", amount, account,
-           lambda r, a: f"deposited {a} to account {r['account']}: balance {r['balance']} (seq {r['seq']})")
+    _money(ctx, as_json, "Deposit", amount, account, deposited_text)
 
 
 @click.command("withdraw", context_settings=_AMOUNT_COMMAND)
@@ -101,8 +118,7 @@ def deposit_cmd(ctx: click.Context, amount: str, account: int | None, as_json: b
 @click.pass_context
 def withdraw_cmd(ctx: click.Context, amount: str, account: int | None, as_json: bool) -> None:
     """Withdraw AMOUNT (like 12.50) from an account."""
-    _money(ctx, as_json, "Withdraw", amount, account,
-           lambda r, a: f"withdrew {a} from account {r['account']}: balance {r['balance']} (seq {r['seq']})")
+    _money(ctx, as_json, "Withdraw", amount, account, withdrew_text)
 
 
 @click.command("transfer", context_settings=_AMOUNT_COMMAND)
@@ -113,10 +129,7 @@ def withdraw_cmd(ctx: click.Context, amount: str, account: int | None, as_json: 
 @click.pass_context
 def transfer_cmd(ctx: click.Context, to: int, amount: str, account: int | None, as_json: bool) -> None:
     """Transfer AMOUNT (like 12.50) to account TO."""
-    _money(ctx, as_json, "Transfer", amount, account,
-           lambda r, a: f"transferred {a} from account {r['account']} to account {r['to']}: "
-                        f"balance {r['balance']} (seq {r['seq']})",
-           to=to)
+    _money(ctx, as_json, "Transfer", amount, account, transferred_text, to=to)
 
 
 @click.group("account")
@@ -124,7 +137,8 @@ def account_group() -> None:
     """Open, close, list and show accounts."""
 
 
-def _read_new_password(from_stdin: bool) -> str:
+def read_new_password(from_stdin: bool) -> str:
+    """The customer's initial password: one stdin line, or hidden and typed twice; too weak is exit 2."""
     if from_stdin:
         line = sys.stdin.readline()
         password = line.rstrip("\n").rstrip("\r")
@@ -161,14 +175,27 @@ def make_initial_credential(password: str) -> dict[str, Any]:
 def account_open_cmd(ctx: click.Context, ssn: str, phone: str, first_name: str, last_name: str, sms: bool,
                      password_stdin: bool, as_json: bool) -> None:
     """Open a customer account (administrators)."""
-    payload = {"ssn": _check("Ssn", ssn, "SSN"), "phone": _check("Phone", phone, "phone"),
-               "first_name": _check("PersonName", first_name, "first name"),
-               "last_name": _check("PersonName", last_name, "last name"), "sms_opt_in": sms}
+    payload = {"ssn": check_field("Ssn", ssn, "SSN"), "phone": check_field("Phone", phone, "phone"),
+               "first_name": check_field("PersonName", first_name, "first name"),
+               "last_name": check_field("PersonName", last_name, "last name"), "sms_opt_in": sms}
     settings = _settings(ctx)
     bank = BankSession.from_profile(settings)
-    payload["credential"] = make_initial_credential(_read_new_password(password_stdin))
-    reply = bank.command("OpenAccount", payload, personal=PERSONAL_FIELDS)
-    emit(as_json, _public(reply), lambda: f"opened account {reply['account']} (seq {reply['seq']})")
+    reply = open_account(bank, payload, read_new_password(password_stdin))
+    emit(as_json, _public(reply), lambda: opened_text(reply))
+
+
+def open_account(bank: BankSession, payload: dict[str, Any], password: str) -> dict[str, Any]:
+    """Send ``OpenAccount``: the credential is made from ``password`` here, personal fields sealed in transit."""
+    credential = make_initial_credential(password)
+    return bank.command("OpenAccount", {**payload, "credential": credential}, personal=PERSONAL_FIELDS)
+
+
+def opened_text(reply: dict[str, Any]) -> str:
+    return f"opened account {reply['account']} (seq {reply['seq']})"
+
+
+def closed_text(reply: dict[str, Any]) -> str:
+    return f"closed account {reply['account']} (seq {reply['seq']})"
 
 
 @account_group.command("close")
@@ -179,7 +206,7 @@ def account_close_cmd(ctx: click.Context, account_id: int, as_json: bool) -> Non
     """Close an account with a zero balance (administrators)."""
     settings = _settings(ctx)
     reply = BankSession.from_profile(settings).command("CloseAccount", {"account": account_id})
-    emit(as_json, _public(reply), lambda: f"closed account {reply['account']} (seq {reply['seq']})")
+    emit(as_json, _public(reply), lambda: closed_text(reply))
 
 
 @click.group("profile")
@@ -200,13 +227,13 @@ def profile_update_cmd(ctx: click.Context, phone: str | None, sms: bool | None, 
     """Change any of phone, SMS alerts, first and last name."""
     payload: dict[str, Any] = {}
     if phone is not None:
-        payload["phone"] = _check("Phone", phone, "phone")
+        payload["phone"] = check_field("Phone", phone, "phone")
     if sms is not None:
         payload["sms_opt_in"] = sms
     if first_name is not None:
-        payload["first_name"] = _check("PersonName", first_name, "first name")
+        payload["first_name"] = check_field("PersonName", first_name, "first name")
     if last_name is not None:
-        payload["last_name"] = _check("PersonName", last_name, "last name")
+        payload["last_name"] = check_field("PersonName", last_name, "last name")
     if not payload:
         raise BankctlError("nothing to update: give --phone, --sms/--no-sms, --first-name or --last-name",
                            Exit.INVALID, "invalid_request")

@@ -31,9 +31,26 @@ def public(value: Any) -> Any:
     return value
 
 
-_TX_COLUMNS = ("seq", "occurred_at", "kind", "amount", "counterparty", "balance_after")
-_ACCOUNT_COLUMNS = ("account", "role", "status", "balance", "first_name", "last_name", "phone", "ssn",
-                    "sms_opt_in")
+TX_COLUMNS = ("seq", "occurred_at", "kind", "amount", "counterparty", "balance_after")
+ACCOUNT_COLUMNS = ("account", "role", "status", "balance", "first_name", "last_name", "phone", "ssn",
+                   "sms_opt_in")
+
+
+# How people see each reply (shared with the interactive shell).
+def balance_text(reply: dict[str, Any]) -> str:
+    return f"account {reply['account']}: balance {reply['balance']} ({reply['status']})"
+
+
+def history_text(reply: dict[str, Any]) -> str:
+    return f"account {reply['account']}\n" + table(reply["transactions"], TX_COLUMNS)
+
+
+def accounts_text(reply: dict[str, Any]) -> str:
+    return table(reply["accounts"], ACCOUNT_COLUMNS)
+
+
+def transactions_text(reply: dict[str, Any]) -> str:
+    return table(reply["transactions"], ("account", *TX_COLUMNS))
 
 
 def _payload(**values: Any) -> dict[str, Any]:
@@ -47,7 +64,7 @@ def _payload(**values: Any) -> dict[str, Any]:
 def balance_cmd(ctx: click.Context, account: int | None, as_json: bool) -> None:
     """Show an account's balance."""
     reply = _query(ctx, "balance", _payload(account=account))
-    emit(as_json, public(reply), f"account {reply['account']}: balance {reply['balance']} ({reply['status']})")
+    emit(as_json, public(reply), lambda: balance_text(reply))
 
 
 @click.command("history")
@@ -58,8 +75,7 @@ def balance_cmd(ctx: click.Context, account: int | None, as_json: bool) -> None:
 def history_cmd(ctx: click.Context, account: int | None, limit: int | None, as_json: bool) -> None:
     """Show an account's transactions, newest first."""
     reply = _query(ctx, "history", _payload(account=account, limit=limit))
-    emit(as_json, public(reply),
-         lambda: f"account {reply['account']}\n" + table(reply["transactions"], _TX_COLUMNS))
+    emit(as_json, public(reply), lambda: history_text(reply))
 
 
 @click.group("account")
@@ -85,7 +101,7 @@ def account_show_cmd(ctx: click.Context, account_id: int | None, as_json: bool) 
 def account_list_cmd(ctx: click.Context, limit: int | None, as_json: bool) -> None:
     """List accounts (administrators)."""
     reply = _query(ctx, "account_list", _payload(limit=limit))
-    emit(as_json, public(reply), lambda: table(reply["accounts"], _ACCOUNT_COLUMNS))
+    emit(as_json, public(reply), lambda: accounts_text(reply))
 
 
 @click.group("tx")
@@ -100,7 +116,7 @@ def tx_group() -> None:
 def tx_list_cmd(ctx: click.Context, limit: int | None, as_json: bool) -> None:
     """List the latest transactions of every account (administrators)."""
     reply = _query(ctx, "tx_list", _payload(limit=limit))
-    emit(as_json, public(reply), lambda: table(reply["transactions"], ("account", *_TX_COLUMNS)))
+    emit(as_json, public(reply), lambda: transactions_text(reply))
 
 
 def register(cli: click.Group) -> None:

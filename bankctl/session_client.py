@@ -38,6 +38,7 @@ class BankSession:
         self.session = session
         self._timeout_s = timeout_s
         self._bank: BankClient | None = None
+        self.last_seq = 0  # this object's own last write, for sessions that are never saved (the shell)
 
     @classmethod
     def from_profile(cls, settings: Settings) -> BankSession:
@@ -79,12 +80,13 @@ class BankSession:
         reply = raise_for_reply(self._roundtrip(lambda bank: bank.command(
             Request(type=request_type, payload=payload, session=self.session.token))))
         if isinstance(reply.get("seq"), int):
+            self.last_seq = max(self.last_seq, reply["seq"])
             remember(self.settings.profile, self.session.server_id, reply["seq"])
         return reply
 
     def query(self, query_type: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a query that waits until the read model has this profile's own last write."""
-        min_seq = recall(self.settings.profile, self.session.server_id)
+        min_seq = max(self.last_seq, recall(self.settings.profile, self.session.server_id))
         return raise_for_reply(self._roundtrip(lambda bank: bank.query(
             Request(type=query_type, payload=payload, session=self.session.token, min_seq=min_seq))))
 
