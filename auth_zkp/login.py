@@ -30,7 +30,7 @@ from auth_zkp.challenges import ChallengeStore
 from auth_zkp.kdf import DEFAULT_PARAMS, SALT_BYTES
 from auth_zkp.lockout import Lockout
 from auth_zkp.principal import Principal
-from auth_zkp.sessions import SessionStore
+from auth_zkp.sessions import AuthenticatedSession, KeyExchangeError, SessionStore
 from eventstore.keys import Keys
 from eventstore.pii import ERASED, PersonalDataVault
 
@@ -114,7 +114,9 @@ class AuthService:
 
     # -- request routing ------------------------------------------------------------------------------------
 
-    def handle(self, request_type: str, payload: dict[str, Any], session_token: str | None, now: float) -> dict:
+    def handle(self, request_type: str, payload: dict[str, Any], session: AuthenticatedSession | None,
+               now: float) -> dict:
+        """Answer a login request; ``session`` is the caller's, already authenticated by the handler."""
         if not isinstance(payload, dict):
             return _invalid("payload must be an object")
         if request_type == "LoginStart":
@@ -122,9 +124,9 @@ class AuthService:
         if request_type == "LoginFinish":
             return self.login_finish(payload, now)
         if request_type == "Logout":
-            return self.logout(session_token)
+            return self.logout(session)
         if request_type == "WhoAmI":
-            return self.whoami(session_token)
+            return self.whoami(session)
         return _invalid(f"unknown request type {request_type!r}")
 
     def login_start(self, payload: Mapping[str, Any], now: float) -> dict[str, Any]:
@@ -146,20 +148,25 @@ class AuthService:
             if check.lock_event is not None:
                 reply[LOCK_EVENT_KEY] = check.lock_event
             return reply
-        token = self._sessions.create(Principal(account_id=account_id, role=check.role))  # type: ignore[arg-type]
-        return {"ok": True, "token": token, "account": account_id, "role": check.role}
+        try:
+            client_public = bytes.fromhex(str(payload.get("session_public", "")))
+            principal = Principal(account_id=account_id, role=check.role)  # type: ignore[arg-type]
+            session_id, server_public = self._sessions.create_exchanged(principal, client_public)
+        except (ValueError, KeyExchangeError):
+            return _invalid("session_public must be a 32-byte X25519 public key (hex)")
+        return {"ok": True, "session_id": session_id, "server_public": server_public.hex(), "account": account_id,
+                "role": check.role}
 
-    def logout(self, session_token: str | None) -> dict[str, Any]:
-        if not session_token:
+    def logout(self, session: AuthenticatedSession | None) -> dict[str, Any]:
+        if session is None:
             return {"ok": False, "code": "unauthenticated", "message": "not logged in"}
-        self._sessions.revoke(session_token)
+        self._sessions.revoke(session.session_id)
         return {"ok": True}
 
-    def whoami(self, session_token: str | None) -> dict[str, Any]:
-        principal = self._sessions.resolve(session_token)
-        if principal is None:
+    def whoami(self, session: AuthenticatedSession | None) -> dict[str, Any]:
+        if session is None:
             return {"ok": False, "code": "unauthenticated", "message": "session expired or revoked: log in again"}
-        return {"ok": True, "account": principal.account_id, "role": principal.role}
+        return {"ok": True, "account": session.principal.account_id, "role": session.principal.role}
 
     # -- proofs ---------------------------------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ import redis
 
 from auth_zkp.principal import Principal
 from auth_zkp.sessions import SessionStore
-from bankctl.embedded_redis import RedisProcess, start_redis
+from bankctl.embedded_redis import RedisProcess, restart, start_redis
 from eventstore.keys import Keys
-from eventstore.pii import create_master_key
+from eventstore.pii import create_master_key, load_master_key
+from eventstore.seals import create_signing_key
 
 WORKER_START_TIMEOUT_S = 30.0
 
@@ -35,6 +36,7 @@ class BenchBank:
     redis: RedisProcess
     keys: Keys = field(default_factory=Keys)
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    worker_args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -51,6 +53,7 @@ class BenchBank:
         command = [sys.executable, "-m", "bankctl.cli", "--data-dir", str(self.data_dir), "worker", *args,
                    "--name", name]
         log = open(self.root / f"{name}.log", "ab")
+        self.worker_args[name] = args
         self.workers[name] = subprocess.Popen(command, env=self.env(), stdout=log, stderr=log,
                                               stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -73,11 +76,30 @@ class BenchBank:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
+    def restart_worker(self, name: str) -> None:
+        """Start a (killed or exited) worker again with the arguments it was first started with."""
+        old = self.workers.pop(name, None)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"worker {name} is still running")
+        self.start_worker(name, *self.worker_args[name])
+
+    def kill_redis(self) -> None:
+        """SIGKILL redis-server, as a crash would (the AOF keeps what was fsynced)."""
+        self.redis.kill()
+
+    def restart_redis(self) -> None:
+        """A new redis-server on the same directory, AOF and socket; workers reconnect by themselves."""
+        self.redis = restart(self.redis)
+
+    def sessions(self) -> SessionStore:
+        """Sessions made on the bank's side, wrapped with the bank's master key like a login's."""
+        return SessionStore(self.client(), keys=self.keys, master_key=load_master_key(self.data_dir / "master.key"))
+
     def admin_session(self) -> str:
-        return SessionStore(self.client(), keys=self.keys).create(Principal(account_id=0, role="admin"))
+        return self.sessions().create(Principal(account_id=0, role="admin"))
 
     def customer_session(self, account_id: int) -> str:
-        return SessionStore(self.client(), keys=self.keys).create(Principal(account_id=account_id, role="customer"))
+        return self.sessions().create(Principal(account_id=account_id, role="customer"))
 
     def close(self) -> None:
         for proc in self.workers.values():
@@ -98,6 +120,8 @@ def start_bench_bank(*, handlers: int = 2, projectors: int = 0, notifier: bool =
     data = root / "data"
     data.mkdir(mode=0o700)
     create_master_key(data / "master.key")
+    if sealer:
+        create_signing_key(data / "signing.key")
     (data / "server_id").write_text(secrets.token_hex(16))
     bank = BenchBank(root=root, redis=start_redis(root / "redis", fsync=fsync))
     try:

@@ -2,7 +2,8 @@
 
 Three shapes: ``sequential`` (one request in flight per client), ``batched`` (a pipelined window of requests
 per client) and ``paced`` (an open-loop rate per client; latency is measured from each request's *scheduled*
-send time, so a stall is not hidden by coordinated omission).
+send time, so a stall is not hidden by coordinated omission). ``queries`` is ``paced`` with read requests
+(``balance`` and ``history``) on ``{bank}:queries`` instead of commands.
 """
 
 from __future__ import annotations
@@ -75,12 +76,21 @@ def _next_request(rng: random.Random, own: list[tuple[int, str]], everyone: list
     return Request(payload["type"], payload, session=token)
 
 
+def _next_query(rng: random.Random, own: list[tuple[int, str]]) -> Request:
+    account, token = own[rng.randrange(len(own))]
+    if rng.random() < 0.5:
+        return Request("balance", {"account": account}, session=token)
+    return Request("history", {"account": account, "limit": 10}, session=token)
+
+
 def _tally(stats: ClientStats, request: Request, reply: dict[str, Any] | None) -> None:
     if reply is None:
         stats.missing += 1
         return
     if reply.get("ok"):
         stats.ok += 1
+        if request.type in ("balance", "history"):
+            return
         if request.type == "Deposit":
             stats.deposited += request.payload["amount"]
         elif request.type == "Withdraw":
@@ -118,9 +128,10 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             done += len(batch)
             stats.sent += len(batch)
     else:
-        interval = 1.0 / rate if mode == "paced" and rate > 0 else 0.0
+        interval = 1.0 / rate if mode in ("paced", "queries") and rate > 0 else 0.0
+        send = bank.query if mode == "queries" else bank.command
         for i in range(operations):
-            request = _next_request(rng, own, everyone)
+            request = _next_query(rng, own) if mode == "queries" else _next_request(rng, own, everyone)
             scheduled = began + i * interval
             if interval:
                 delay = scheduled - time.perf_counter()
@@ -129,7 +140,7 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             else:
                 scheduled = time.perf_counter()
             try:
-                reply: dict[str, Any] | None = bank.command(request)
+                reply: dict[str, Any] | None = send(request)
             except Exception:
                 reply = None
             stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "bankctl.cmd_notifier",
     "bankctl.cmd_bench",
     "bankctl.cmd_shell",
+    "bankctl.cmd_chaos",
 )
 
 

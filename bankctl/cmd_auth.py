@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
+from auth_zkp.sessions import client_token, new_exchange_key
 from bankctl.output import BankctlError, Exit, emit, json_option, raise_for_reply
 
 if TYPE_CHECKING:
@@ -87,8 +88,13 @@ def _authenticate(bank: Any, account: int, password: str) -> SavedSession:
 
     start = _login_start(bank, account)
     proof = _prove(password, account, start)
-    finish = raise_for_reply(_send(bank, "LoginFinish", {"account": account, **proof}))
-    return SavedSession(token=finish["token"], account_id=int(finish["account"]), role=str(finish["role"]),
+    private, public = new_exchange_key()
+    finish = raise_for_reply(_send(bank, "LoginFinish", {"account": account, **proof, "session_public": public.hex()}))
+    try:
+        token = client_token(private, public, str(finish["session_id"]), bytes.fromhex(str(finish["server_public"])))
+    except (KeyError, ValueError) as error:
+        raise BankctlError(f"unexpected reply from the bank: {error}", Exit.UNEXPECTED) from error
+    return SavedSession(token=token, account_id=int(finish["account"]), role=str(finish["role"]),
                         server_id=str(start["server_id"]),
                         created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 

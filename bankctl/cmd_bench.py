@@ -1,145 +1,144 @@
-"""``bankctl bench``: throughput and latency of the write path, measured end to end (submit to reply).
+"""``bankctl bench``: the benchmark report of the whole bank, measured end to end on throw-away banks.
 
-It builds a throw-away bank (own redis-server with AOF ``always``, two handler processes), opens accounts,
-drives them from several client processes and checks the invariants at the end. Figures are medians of
-``--runs`` runs; the table says which machine produced them.
+Two phases (see :mod:`bankctl.bench_suite`): the write path alone (two handlers), then the full system (two
+handlers, two projectors, the notifier, the sealer). Every figure is the median of ``--runs`` runs; the report
+says which machine produced it, and ends with the invariant checks. It never touches a running bank.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import statistics
+import sys
 from typing import Any
 
 import click
 
-from bankctl.bench_env import BenchBank, start_bench_bank
-from bankctl.bench_load import ClientStats, open_accounts, percentile, run_clients
+from bankctl.bench_suite import WRITE_MODES, BenchOptions, run_bench
 from bankctl.output import emit, json_option, table
-from eventstore.log import iterate
-
-MODES = ("sequential", "batched", "paced")
 
 
-def _summarise(mode: str, results: list[ClientStats], wall: float) -> dict[str, Any]:
-    latencies = [x for r in results for x in r.latencies_ms]
-    sent = sum(r.sent for r in results)
-    return {
-        "mode": mode,
-        "commands": sent,
-        "commands_per_s": sent / wall if wall > 0 else 0.0,
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99),
-        "accepted": sum(r.ok for r in results),
-        "rejected": sum(r.rejected for r in results),
-        "missing": sum(r.missing for r in results),
-        "deposited": sum(r.deposited for r in results),
-        "withdrawn": sum(r.withdrawn for r in results),
-        "transfers": sum(r.transfers for r in results),
-    }
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
 
 
-def check_invariants(bank: BenchBank, accounts: list[int], deposited: int, withdrawn: int) -> dict[str, Any]:
-    """Sum of balances equals deposits minus withdrawals; no negative balance; no command id twice."""
-    client = bank.client()
-    pipe = client.pipeline(transaction=False)
-    for account in accounts:
-        pipe.hget(bank.keys.account(account), "balance")
-    balances = [int(b or 0) for b in pipe.execute()]
-    command_ids: set[str] = set()
-    duplicates = 0
-    events = 0
-    for stored in iterate(client, bank.keys):
-        events += 1
-        command_id = stored.payload()["command_id"]
-        if stored.type in ("MoneyDeposited", "MoneyWithdrawn", "MoneyTransferred"):
-            if command_id in command_ids:
-                duplicates += 1
-            command_ids.add(command_id)
-    total = sum(balances)
-    return {
-        "sum_of_balances": total,
-        "deposits_minus_withdrawals": deposited - withdrawn,
-        "conserved": total == deposited - withdrawn,
-        "negative_balances": sum(1 for b in balances if b < 0),
-        "duplicate_command_ids": duplicates,
-        "events": events,
-        "ok": total == deposited - withdrawn and all(b >= 0 for b in balances) and duplicates == 0,
-    }
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
-def machine_description() -> str:
-    return f"{platform.node()}: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}"
+def _result_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "per_s": _rate(r["per_s"]), "p50_ms": _ms(r["p50_ms"]), "p95_ms": _ms(r["p95_ms"]),
+             "p99_ms": _ms(r["p99_ms"]), "runs_per_s": " ".join(f"{x:,}" for x in r["per_s_runs"])} for r in rows]
 
 
-def run_bench(*, accounts: int, clients: int, operations: int, modes: tuple[str, ...], runs: int, window: int,
-              rate: float) -> dict[str, Any]:
-    bank = start_bench_bank(handlers=2)
-    try:
-        client = bank.client()
-        opened = open_accounts(client, bank.keys, bank.admin_session(), accounts)
-        sessions = {a: bank.customer_session(a) for a in opened}
-        deposited = withdrawn = 0
-        rows: list[dict[str, Any]] = []
-        for mode in modes:
-            per_run = []
-            for run in range(runs):
-                results, wall = run_clients(str(bank.redis.socket), bank.keys.tag, sessions, clients=clients,
-                                            mode=mode, operations=operations, window=window, rate=rate,
-                                            seed=run + 1)
-                summary = _summarise(mode, results, wall)
-                deposited += summary["deposited"]
-                withdrawn += summary["withdrawn"]
-                per_run.append(summary)
-            row = {key: per_run[0][key] for key in ("mode",)}
-            for key in ("commands_per_s", "p50_ms", "p95_ms", "p99_ms"):
-                row[key] = statistics.median(r[key] for r in per_run)
-            for key in ("commands", "accepted", "rejected", "missing"):
-                row[key] = sum(r[key] for r in per_run)
-            row["runs"] = runs
-            rows.append(row)
-        invariants = check_invariants(bank, opened, deposited, withdrawn)
-        return {"machine": machine_description(), "fsync": "always", "handlers": 2, "clients": clients,
-                "accounts": accounts, "rate": rate, "window": window, "results": rows, "invariants": invariants}
-    finally:
-        bank.close()
+RESULT_COLUMNS = ("mode", "runs", "commands", "per_s", "p50_ms", "p95_ms", "p99_ms", "rejected", "missing",
+                  "runs_per_s")
 
 
-def _human(report: dict[str, Any]) -> str:
-    rows = [{**r, "commands_per_s": f"{r['commands_per_s']:,.0f}", "p50_ms": f"{r['p50_ms']:.2f}",
-             "p95_ms": f"{r['p95_ms']:.2f}", "p99_ms": f"{r['p99_ms']:.2f}"} for r in report["results"]]
-    inv = report["invariants"]
+def render(report: dict[str, Any]) -> str:
+    """The report as people read it."""
+    m = report["machine"]
+    opts = report["options"]
     lines = [
-        f"machine: {report['machine']}; redis appendfsync={report['fsync']}; {report['handlers']} handlers; "
-        f"{report['clients']} client processes; {report['accounts']} accounts",
-        table(rows, ["mode", "runs", "commands", "commands_per_s", "p50_ms", "p95_ms", "p99_ms", "accepted",
-                     "rejected", "missing"]),
-        "(batched: latency is per pipelined window; paced: from each request's scheduled send time)",
-        f"invariants: sum of balances {inv['sum_of_balances']} == deposits - withdrawals "
-        f"{inv['deposits_minus_withdrawals']}: {inv['conserved']}; negative balances {inv['negative_balances']}; "
-        f"duplicate command ids {inv['duplicate_command_ids']}; events {inv['events']}",
+        f"machine: {m['host']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"{m['python']}, Redis {m['redis']} (appendfsync {report['fsync']}); load average at start "
+        f"{' '.join(str(x) for x in m['load_average_at_start'])}",
+        f"{opts['accounts']} accounts; medians of {opts['runs']} runs; batched = {opts['clients']} client processes "
+        f"x {opts['window']} requests in flight; sequential and paced = one request in flight per "
+        f"client; paced clients offer {opts['paced_client_rate']:,.0f}/s each, latency from each request's scheduled "
+        "send time",
+        "",
+        f"WRITE PATH ({report['write_path']['processes']})",
+        table(_result_rows(report["write_path"]["results"]), RESULT_COLUMNS),
     ]
+    if report["write_path"]["handler_split"]:
+        lines += ["handler split (batched runs):",
+                  table(report["write_path"]["handler_split"],
+                        ("handler", "processed", "share", "batches", "per_batch", "conflicts", "claimed"))]
+    full = report.get("full_system")
+    if full:
+        lag, notifier = full["projector_lag"], full["notifier"]
+        lag_rows = [{"database": name, **{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in value.items()}}
+                    for name, value in lag.items() if isinstance(value, dict)]
+        queries = _result_rows([full["queries"]])[0]
+        lines += [
+            "",
+            f"FULL SYSTEM ({full['processes']})",
+            table(_result_rows(full["results"]), RESULT_COLUMNS),
+            "projector lag during the batched runs (sampled every 0.1 s from each database's checkpoint):",
+            table(lag_rows, ("database", "max_events", "median_events", "max_s", "median_s", "samples")),
+            f"projectors caught up {lag['catch_up_after_load_s']:.2f} s after the load stopped (median)",
+            f"queries (balance/history, paced {opts['query_rate']:,.0f}/s): {queries['per_s']}/s, p50 "
+            f"{queries['p50_ms']} ms, p95 {queries['p95_ms']} ms, p99 {queries['p99_ms']} ms, "
+            f"missing {queries['missing']}, refused {queries['rejected']}",
+            f"notifier catch-up into the outbox: {_rate(notifier['events_per_s'])} events/s, "
+            f"{_rate(notifier['sms_per_s'])} SMS/s (backlog {notifier['backlog_events']:,.0f} events)",
+            f"rebuild from seq 1: {_rate(full['rebuild'].get('events_per_s'))} events/s over "
+            f"{full['rebuild'].get('events', 0):,.0f} events",
+            f"audit verify: {_rate(full['audit'].get('events_per_s'))} events/s over "
+            f"{full['audit'].get('events', 0):,.0f} events",
+            f"redis memory: {_rate(full['redis_bytes_per_event'])} bytes per event (used_memory delta over the "
+            f"batched runs, outcome keys included); {full['redis_used_memory_mib']} MiB in use at the end",
+        ]
+        if full.get("filled"):
+            lines.append(f"(log filled with {full['filled']['events']:,} direct appends at "
+                         f"{full['filled']['events_per_s']:,.0f} events/s before rebuild and audit)")
+        lines += ["resident memory per process:",
+                  table(full["resident_memory"], ("process", "rss_mib", "peak_rss_mib")),
+                  "handler split (batched runs):",
+                  table(full["handler_split"],
+                        ("handler", "processed", "share", "batches", "per_batch", "conflicts", "claimed"))]
+    lines += ["", "INVARIANTS"]
+    for phase in ("write_path", "full_system"):
+        if report.get(phase):
+            inv = report[phase]["invariants"]
+            audit = f"; audit verify ok: {inv['audit_ok']}" if "audit_ok" in inv else ""
+            lines.append(f"{phase}: sum of balances {inv['sum_of_balances']} == deposits - withdrawals "
+                         f"{inv['deposits_minus_withdrawals']}: {inv['conserved']}; negative balances "
+                         f"{inv['negative_balances']}; duplicate command ids {inv['duplicate_command_ids']}; "
+                         f"events {inv['events']}{audit}")
+    inv = report["invariants"]
+    lines.append(f"missing replies: {inv['missing_replies']}; overall: {'OK' if inv['ok'] else 'FAILED'} "
+                 f"({report['seconds']} s)")
     return "\n".join(lines)
 
 
 @click.command("bench")
-@click.option("--accounts", default=200, show_default=True, help="Customer accounts to open.")
-@click.option("--clients", default=4, show_default=True, help="Client processes.")
-@click.option("--operations", default=20_000, show_default=True, help="Commands per run (all clients together).")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(MODES), help="Modes to run (default: all).")
-@click.option("--runs", default=3, show_default=True, help="Runs per mode; figures are medians.")
-@click.option("--window", default=200, show_default=True, help="Requests in flight per client in batched mode.")
-@click.option("--rate", default=2000.0, show_default=True, help="Offered commands/s in paced mode.")
+@click.option("--accounts", default=1000, show_default=True, help="Customer accounts to open.")
+@click.option("--clients", default=2, show_default=True, help="Client processes for batched and paced runs.")
+@click.option("--window", default=500, show_default=True, help="Requests in flight per client in batched mode.")
+@click.option("--operations", default=40_000, show_default=True, help="Commands per batched run (all clients).")
+@click.option("--sequential-clients", multiple=True, type=int, help="Clients of a sequential run (repeatable; "
+              "default 1 and 4).")
+@click.option("--sequential-operations", default=5_000, show_default=True, help="Commands per sequential run.")
+@click.option("--rate", "rates", multiple=True, type=float, help="Offered commands/s of paced runs (repeatable; "
+              "default 1000 and 2000).")
+@click.option("--paced-seconds", default=5.0, show_default=True, help="Length of each paced run.")
+@click.option("--paced-client-rate", default=250.0, show_default=True,
+              help="Offered load per paced client (each keeps one request in flight).")
+@click.option("--query-rate", default=1000.0, show_default=True, help="Offered queries/s.")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(WRITE_MODES),
+              help="Write-path modes to run (default: all).")
+@click.option("--runs", default=3, show_default=True, help="Runs per figure; figures are medians.")
+@click.option("--full-system/--write-path-only", default=True, show_default=True,
+              help="Also measure the whole bank (projectors, notifier, sealer, queries, rebuild, audit).")
+@click.option("--events", "fill_events", default=0, show_default=True,
+              help="Fill the log to this many events (direct appends) before the rebuild and audit figures, "
+                   "e.g. 1000000.")
 @json_option
-def bench(accounts: int, clients: int, operations: int, modes: tuple[str, ...], runs: int, window: int,
-          rate: float, as_json: bool) -> None:
-    """Benchmark the write path on a throw-away bank (never the running one)."""
-    report = run_bench(accounts=accounts, clients=clients, operations=operations, modes=modes or MODES,
-                       runs=runs, window=window, rate=rate)
-    emit(as_json, report, lambda: _human(report))
-    if not report["invariants"]["ok"] or any(r["missing"] for r in report["results"]):
+def bench(accounts: int, clients: int, window: int, operations: int, sequential_clients: int,
+          sequential_operations: int, rates: tuple[float, ...], paced_seconds: float, paced_client_rate: float,
+          query_rate: float,
+          modes: tuple[str, ...], runs: int, full_system: bool, fill_events: int, as_json: bool) -> None:
+    """Benchmark the whole bank on throw-away banks (never the running one); progress on stderr."""
+    options = BenchOptions(
+        accounts=accounts, clients=clients, window=window, operations=operations,
+        sequential_clients=sequential_clients or (1, 4), sequential_operations=sequential_operations,
+        rates=rates or (1000.0, 2000.0), paced_seconds=paced_seconds, paced_client_rate=paced_client_rate,
+        query_rate=query_rate, runs=runs,
+        modes=modes or WRITE_MODES, full_system=full_system, fill_events=fill_events,
+    )
+    report = run_bench(options, progress=lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
+    emit(as_json, report, lambda: render(report))
+    if not report["invariants"]["ok"]:
         raise SystemExit(1)
 
 

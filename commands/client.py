@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis
 
+from auth_zkp.sessions import sign_request
 from eventstore.keys import Keys
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -40,18 +41,19 @@ class Request:
     command_id: str = field(default_factory=new_id)
     min_seq: int = 0
 
-    def fields(self, request_id: str) -> dict[str, bytes | str]:
-        out: dict[str, bytes | str] = {
-            "request_id": request_id,
-            "command_id": self.command_id,
-            "type": self.type,
-            "payload": orjson.dumps(self.payload),
-            "sent_at": repr(time.time()),
+    def fields(self, request_id: str) -> dict[bytes, bytes | str]:
+        """The stream entry; with a session, signed (the session's key itself is never sent)."""
+        out: dict[bytes, bytes | str] = {
+            b"request_id": request_id,
+            b"command_id": self.command_id,
+            b"type": self.type,
+            b"payload": orjson.dumps(self.payload),
+            b"sent_at": repr(time.time()),
         }
-        if self.session:
-            out["session"] = self.session
         if self.min_seq:
-            out["min_seq"] = str(self.min_seq)
+            out[b"min_seq"] = str(self.min_seq)
+        if self.session:
+            sign_request(self.session, out)
         return out
 
 

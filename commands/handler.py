@@ -32,11 +32,17 @@ from nacl.public import PrivateKey
 
 from auth_zkp.authz import permission_error
 from auth_zkp.principal import Principal
-from auth_zkp.sessions import SessionStore
+from auth_zkp.sessions import AuthenticatedSession, SessionStore
 from commands.decide import Context, Decision, EventDraft, Reason, Rejection, decide, touched_accounts
 from commands.models import ChangePassword, CloseAccount, EraseCustomer, OpenAccount
 from commands.prepare import Origin, prepare_decision, prepare_rejection
-from commands.requests import MalformedRequest, ParsedRequest, auth_request_types, parse_entry, redacted_fields
+from commands.requests import (
+    MalformedRequest,
+    ParsedRequest,
+    auth_request_types,
+    parse_entry,
+    redacted_fields,
+)
 from commands.state import AccountState
 from commands.state_loader import StateLoader
 from eventstore.append import Appender, AppendStatus, PreparedCommand
@@ -54,6 +60,7 @@ GROUP = "handlers"
 DEAD_LETTER_NAME = "commands"
 USE_CONFIGURED_BLOCK = -1
 LOGIN_ACTOR = "system:login"
+_NO_CONTEXT = Context(Principal(0, "customer"))  # touched_accounts needs no principal except for opens
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,15 @@ class Work:
     new_account_id: int | None = None
     lock: dict[str, Any] | None = None
     lock_reply: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Preload:
+    """What one round trip fetched for a batch before deciding (see :meth:`CommandHandler._preload`)."""
+
+    sessions: dict[str, AuthenticatedSession] = field(default_factory=dict)  # by entry id
+    outcomes: dict[str, bytes | None] = field(default_factory=dict)
+    states: dict[int, AccountState] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -131,7 +147,7 @@ class CommandHandler:
         self.name = name
         self.server_id = server_id
         self.transport_key = transport_key
-        self.sessions = sessions or SessionStore(client, keys=keys)
+        self.sessions = sessions or SessionStore(client, keys=keys, master_key=vault.master_key)
         self.config = config or HandlerConfig()
         self.clock = clock
         self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
@@ -238,15 +254,13 @@ class CommandHandler:
             batch.reply(request_id, _refusal("malformed_request", reason))
 
     def _settle(self, requests: list[ParsedRequest], batch: Batch) -> None:
-        tokens = list({r.session for r in requests if r.session})
-        principals = dict(zip(tokens, self.sessions.resolve_many(tokens), strict=True)) if tokens else {}
         now = self.clock()
+        preload = self._preload(requests, now)
         works: list[Work] = []
         for request in requests:
             batch.ack_ids.append(request.entry_id)
             try:
-                work = self._admit(request, principals.get(request.session) if request.session else None, now,
-                                   batch)
+                work = self._admit(request, preload.sessions.get(request.entry_id), now, batch)
             except Exception as error:  # one bad request never stops the bank
                 log.exception("%s: request %s failed", self.name, request.entry_id)
                 batch.reply(request.request_id, _refusal("internal_error", f"internal error: {type(error).__name__}",
@@ -255,17 +269,50 @@ class CommandHandler:
             if work is not None:
                 works.append(work)
         if works:
-            self._decide_and_append(works, now, batch)
+            self._decide_and_append(works, now, batch, preload)
 
-    def _admit(self, request: ParsedRequest, principal: Principal | None, now: float, batch: Batch) -> Work | None:
+    def _preload(self, requests: list[ParsedRequest], now: float) -> Preload:
+        """Sessions, stored outcomes and the touched accounts' state of a batch in ONE round trip.
+
+        Read before authorization (read-only, so harmless for a request that is then refused); the first
+        decision round uses these states, later rounds reload. New account ids are still drawn only for
+        admitted ``OpenAccount`` commands (see :meth:`_decide_and_append`).
+        """
+        session_ids = self.sessions.session_ids([r.fields for r in requests])
+        distinct = sorted({i for i in session_ids if i})
+        commands = [r for r in requests if r.command is not None]
+        accounts = {a for r in commands if not isinstance(r.command, OpenAccount)
+                    for a in touched_accounts(r.command, _NO_CONTEXT)}  # type: ignore[arg-type]
+        pipe = self.client.pipeline(transaction=False)
+        if distinct:
+            pipe.mget(self.sessions.record_keys(distinct))
+        if commands:
+            pipe.mget([self.keys.command_outcome(r.command_id) for r in commands])
+        ordered = self.state_loader.queue(pipe, accounts)
+        results = pipe.execute() if (distinct or commands or ordered) else []
+        out = Preload()
+        if distinct:
+            records = dict(zip(distinct, results.pop(0), strict=True))
+            checked = self.sessions.verify_many([r.fields for r in requests], session_ids, records, now=now)
+            out.sessions = {r.entry_id: s for r, s in zip(requests, checked, strict=True) if s is not None}
+        if commands:
+            out.outcomes = {r.command_id: stored for r, stored in zip(commands, results.pop(0), strict=True)}
+        if ordered:
+            out.states = self.state_loader.parse(ordered, results.pop(0))
+        return out
+
+    def _admit(
+        self, request: ParsedRequest, session: AuthenticatedSession | None, now: float, batch: Batch
+    ) -> Work | None:
         """Authenticate and authorize; returns the work to decide, or ``None`` when already answered."""
         if request.command is None:
-            return self._login_request(request, now, batch)
-        if principal is None:
+            return self._login_request(request, session, now, batch)
+        if session is None:
             self.counters["refused"] += 1
             batch.reply(request.request_id, _refusal(Reason.UNAUTHENTICATED, "not logged in: run 'bankctl login'",
                                                      request.command_id))
             return None
+        principal = session.principal
         denied = permission_error(principal, request.type, request.account)
         if denied is not None:
             self.counters["refused"] += 1
@@ -292,9 +339,11 @@ class CommandHandler:
                                      sessions=self.sessions)
         return self._auth
 
-    def _login_request(self, request: ParsedRequest, now: float, batch: Batch) -> Work | None:
+    def _login_request(
+        self, request: ParsedRequest, session: AuthenticatedSession | None, now: float, batch: Batch
+    ) -> Work | None:
         assert request.payload is not None
-        reply = dict(self._auth_service().handle(request.type, request.payload, request.session, now))
+        reply = dict(self._auth_service().handle(request.type, request.payload, session, now))
         lock = reply.pop("_lock_event", None)
         if not lock:
             batch.reply(request.request_id, reply)
@@ -309,18 +358,26 @@ class CommandHandler:
 
     # ------------------------------------------------------------------ deciding and appending
 
-    def _decide_and_append(self, works: list[Work], now: float, batch: Batch) -> None:
+    def _decide_and_append(self, works: list[Work], now: float, batch: Batch, preload: Preload | None = None) -> None:
+        preload = preload or Preload()
         opens = [w for w in works if isinstance(w.request.command, OpenAccount)]
-        pipe = self.client.pipeline(transaction=False)
-        for _ in opens:
-            pipe.incr(self.keys.account_ids)
-        pipe.mget([self.keys.command_outcome(work.request.command_id) for work in works])
-        results = pipe.execute()
-        for work, new_id in zip(opens, results[: len(opens)], strict=True):
-            work.new_account_id = int(new_id)
+        unknown = [w for w in works if w.lock is None and w.request.command_id not in preload.outcomes]
+        if opens or unknown:  # new account ids (admitted opens only), outcomes not read with the preload
+            pipe = self.client.pipeline(transaction=False)
+            for _ in opens:
+                pipe.incr(self.keys.account_ids)
+            if unknown:
+                pipe.mget([self.keys.command_outcome(work.request.command_id) for work in unknown])
+            results = pipe.execute()
+            for work, new_id in zip(opens, results[: len(opens)], strict=True):
+                work.new_account_id = int(new_id)
+            if unknown:
+                preload.outcomes.update((w.request.command_id, stored)
+                                        for w, stored in zip(unknown, results[-1], strict=True))
         live: list[Work] = []
-        for work, stored in zip(works, results[-1], strict=True):
-            if stored is not None and work.lock is None:
+        for work in works:
+            stored = preload.outcomes.get(work.request.command_id) if work.lock is None else None
+            if stored is not None:
                 self._duplicate(work, stored, batch)
                 continue
             if work.new_account_id is not None:
@@ -335,7 +392,13 @@ class CommandHandler:
                 return
             if round_number:  # two handlers racing for hot accounts: desynchronise them (jittered backoff)
                 time.sleep(random.uniform(0, self.config.backoff_s * 2**round_number))
-            states = self._load({a for w in live for a in w.accounts})
+            needed = {a for w in live for a in w.accounts}
+            if round_number == 0 and preload.states:  # first round: the preloaded states, plus what they lack
+                states = {a: preload.states[a] for a in needed if a in preload.states}
+                if len(states) < len(needed):
+                    states.update(self._load(needed - states.keys()))
+            else:
+                states = self._load(needed)
             prepared: list[tuple[Work, PreparedCommand]] = []
             overlay = dict(states)
             for work in live:

@@ -8,6 +8,7 @@ stream and, when it can be read, the request id to send the error reply to.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,7 @@ class ParsedRequest:
     session: str | None
     command: Command | None
     payload: dict[str, Any] | None
+    fields: Mapping[bytes, bytes]  # as received: the session MAC covers these bytes
 
     @property
     def account(self) -> int | None:
@@ -144,7 +146,7 @@ def parse_entry(
 
     model = MODELS.get(request_type)
     if model is None:
-        return ParsedRequest(entry_id, request_id, command_id, request_type, session, None, payload)
+        return ParsedRequest(entry_id, request_id, command_id, request_type, session, None, payload, fields)
     declared = payload.setdefault("type", request_type)
     if declared != request_type:
         raise MalformedRequest("payload type differs from the request type", request_id)
@@ -152,7 +154,7 @@ def parse_entry(
         command = model.model_validate(payload)
     except pydantic.ValidationError as error:
         raise MalformedRequest(f"invalid {request_type}: {_error_summary(error)}", request_id) from error
-    return ParsedRequest(entry_id, request_id, command_id, request_type, session, command, None)  # type: ignore[arg-type]
+    return ParsedRequest(entry_id, request_id, command_id, request_type, session, command, None, fields)  # type: ignore[arg-type]
 
 
 def redacted_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:

@@ -34,7 +34,7 @@ return out
 
 
 class StateLoader:
-    """``load(accounts) -> {id: AccountState}`` with one EVALSHA."""
+    """``load(accounts) -> {id: AccountState}`` with one EVALSHA, or queued in a caller's pipeline."""
 
     def __init__(self, client: redis.Redis, *, keys: Keys) -> None:
         self._script = client.register_script(_SCRIPT)
@@ -44,7 +44,16 @@ class StateLoader:
         ordered = sorted(set(accounts))
         if not ordered:
             return {}
-        raw = self._script(keys=[self._keys.account(a) for a in ordered])
+        return self.parse(ordered, self._script(keys=[self._keys.account(a) for a in ordered]))
+
+    def queue(self, pipe: redis.client.Pipeline, accounts: Iterable[int]) -> list[int]:
+        """Add the load to ``pipe`` (saves a round trip); returns the order :meth:`parse` needs with the reply."""
+        ordered = sorted(set(accounts))
+        if ordered:
+            self._script(keys=[self._keys.account(a) for a in ordered], client=pipe)
+        return ordered
+
+    def parse(self, ordered: list[int], raw: list[bytes]) -> dict[int, AccountState]:
         out = {}
         for account, packed in zip(ordered, raw, strict=True):
             if not packed:

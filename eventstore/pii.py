@@ -60,7 +60,13 @@ class PersonalDataVault:
         self._client = client
         self._keys = keys
         self._master = AESGCM(master_key)
+        self._master_key = master_key
         self._cache: dict[int, bytes] = {}
+
+    @property
+    def master_key(self) -> bytes:
+        """For components that derive their own keys from it (session key wrapping)."""
+        return self._master_key
 
     def _wrap_aad(self, account_id: int) -> bytes:
         return f"dek:{account_id}".encode()

@@ -150,6 +150,7 @@ def main(
     thread: QueryThread | None = None
     if serve_queries:
         server = QueryServer(connect(redis_url), keys=keys, db=db, consumer=name, ready=projector.is_live,
+                             master_key=master_key,
                              changed=projector.changed)
         thread = QueryThread(server, name=f"{name}-queries")
         thread.start()

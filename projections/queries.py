@@ -62,7 +62,7 @@ class Query:
     request_id: str
     type: str
     payload: dict[str, Any]
-    session: str | None
+    fields: Mapping[bytes, bytes]
     min_seq: int
 
 
@@ -76,12 +76,11 @@ def parse_query(entry_id: str, fields: Mapping[bytes, bytes]) -> Query | None:
         min_seq = int(fields.get(b"min_seq", b"0") or 0)
     except (orjson.JSONDecodeError, ValueError):
         payload, min_seq = None, 0
-    session = fields.get(b"session")
     return Query(
         entry_id=entry_id, request_id=request_id.decode(errors="replace"),
         type=fields.get(b"type", b"").decode(errors="replace"),
         payload=payload if isinstance(payload, dict) else {"__invalid__": True},
-        session=session.decode(errors="replace") if session else None, min_seq=max(min_seq, 0),
+        fields=fields, min_seq=max(min_seq, 0),
     )
 
 
@@ -189,6 +188,7 @@ class QueryServer:
         db: ProjectionDatabase,
         consumer: str,
         ready: Callable[[], bool],
+        master_key: bytes,
         changed: threading.Condition | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         wait_s: float = MIN_SEQ_WAIT_S,
@@ -203,7 +203,7 @@ class QueryServer:
         self.wait_s = wait_s
         self.block_ms = block_ms
         self.group = ConsumerGroup(client, stream=keys.queries, group=GROUP, consumer=consumer)
-        self.sessions = SessionStore(client, keys=keys)
+        self.sessions = SessionStore(client, keys=keys, master_key=master_key)
         self.counters: dict[str, int] = {"answered": 0, "claimed": 0, "failed": 0}
         self._ensured = False
         self._own_pending_done = False
@@ -242,7 +242,8 @@ class QueryServer:
             else:
                 queries.append(query)
         self.group.ack(dropped, delete=True)
-        principals = self.sessions.resolve_many([q.session for q in queries])
+        sessions = self.sessions.authenticate_many([q.fields for q in queries], now=time.time())
+        principals = [s.principal if s else None for s in sessions]
         replies: dict[str, dict[str, Any]] = {}
         waiting: list[tuple[Query, int | None]] = []
         for query, principal in zip(queries, principals, strict=True):

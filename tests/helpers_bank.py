@@ -25,7 +25,7 @@ from commands.client import Request
 from commands.handler import CommandHandler, HandlerConfig
 from eventstore.keys import Keys
 from eventstore.log import iterate
-from eventstore.pii import PersonalDataVault, create_master_key, load_master_key
+from eventstore.pii import PersonalDataVault, load_master_key
 from eventstore.transport import create_transport_key, publish_public_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def open_payload(n: int = 1, *, sms: bool = False) -> dict[str, Any]:
 
 
 def session_for(client: redis.Redis, keys: Keys, account: int, role: str = "customer") -> str:
-    return SessionStore(client, keys=keys).create(Principal(account, role))  # type: ignore[arg-type]
+    return SessionStore(client, keys=keys, master_key=TEST_MASTER_KEY).create(Principal(account, role))  # type: ignore[arg-type]
 
 
 def admin_session(client: redis.Redis, keys: Keys) -> str:
@@ -133,8 +133,10 @@ def balances_from_log(payloads: Iterable[dict[str, Any]]) -> dict[int, int]:
 def make_data_dir(path: Path) -> Path:
     """A data dir with the files a worker needs (master key 0600, server id)."""
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / "master.key").exists():
-        create_master_key(path / "master.key")
+    if not (path / "master.key").exists():  # the same key as in-process handlers, so sessions work for both
+        fd = os.open(path / "master.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(TEST_MASTER_KEY)
     (path / "server_id").write_text("test-server\n")
     if not (path / "transport.key").exists():
         create_transport_key(path / "transport.key")

@@ -13,7 +13,8 @@ import redis
 from auth_zkp.client_proof import make_credential, prove_from_start
 from auth_zkp.kdf import KdfParams
 from auth_zkp.login import AuthService
-from auth_zkp.sessions import SessionStore
+from auth_zkp.principal import Principal
+from auth_zkp.sessions import AuthenticatedSession, SessionStore, new_exchange_key
 from bankctl.acl import ROLES, acl_file_path, credentials, write_acl_file
 from bankctl.embedded_redis import start_redis
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
@@ -127,17 +128,20 @@ def test_handler_can_append_and_run_the_login(connect, keys):
                                            "cred_salt": credential["salt"],
                                            "cred_kdf": orjson.dumps(credential["kdf"]).decode(),
                                            "cred_key": vault.seal(7, "public_key", credential["public_key"])})
-    sessions = SessionStore(handler, keys=keys)
+    sessions = SessionStore(handler, keys=keys, master_key=vault.master_key)
     service = AuthService(handler, keys=keys, vault=vault, server_id="bank-acl", sessions=sessions)
     start = service.handle("LoginStart", {"account": 7}, None, 1e9)
-    reply = service.handle("LoginFinish", {"account": 7, **prove_from_start("a long password", 7, start)}, None, 1e9)
+    _private, public = new_exchange_key()
+    reply = service.handle("LoginFinish", {"account": 7, **prove_from_start("a long password", 7, start),
+                                           "session_public": public.hex()}, None, 1e9)
     assert reply["ok"] is True
     for _ in range(5):
         start = service.handle("LoginStart", {"account": 7}, None, 1e9)
         wrong = service.handle("LoginFinish", {"account": 7, **prove_from_start("wrong password", 7, start)}, None,
                                1e9)
     assert wrong["code"] == "locked"
-    assert service.handle("Logout", {}, reply["token"], 1e9) == {"ok": True}
+    session = AuthenticatedSession(reply["session_id"], Principal(7, "customer"))
+    assert service.handle("Logout", {}, session, 1e9) == {"ok": True}
     entry = handler.xadd(keys.commands, {"type": "x"})
     assert handler.xdel(keys.commands, entry) == 1
     for forbidden in (lambda: handler.xtrim(keys.events, maxlen=0), lambda: handler.xdel(keys.events, "1-0"),

@@ -1,7 +1,6 @@
 """bankctl init / login / whoami / password change / logout end to end, against a real redis-server with ACLs.
 
-The command handler is engineer A's; here a minimal stand-in routes auth requests to AuthService exactly as
-the contract says (and ChangePassword via verify_password_proof), so the CLI side is tested on its own.
+The real command handler serves in a thread, connected as the ``handler`` ACL user.
 """
 
 from __future__ import annotations
@@ -14,53 +13,22 @@ import time
 
 import orjson
 import pytest
-import redis
 from click.testing import CliRunner
 
-from auth_zkp.login import AUTH_REQUEST_TYPES, AuthService, pop_lock_event
-from auth_zkp.sessions import SessionStore
 from bankctl.acl import acl_file_path, credentials
 from bankctl.embedded_redis import start_redis
 from bankctl.profile import load_session
+from commands.handler import CommandHandler, build_handler
 from eventstore.keys import Keys
 from eventstore.log import read_range
-from eventstore.pii import PersonalDataVault, load_master_key
 
 pytestmark = pytest.mark.redis_server
 ADMIN_PW = "an admin password"
 
 
-def _stand_in_handler(client: redis.Redis, service: AuthService, sessions: SessionStore, vault: PersonalDataVault,
-                      keys: Keys, stop: threading.Event) -> None:
-    last = "0"
+def _serve(handler: CommandHandler, stop: threading.Event) -> None:
     while not stop.is_set():
-        batch = client.xread({keys.commands: last}, count=10, block=100)
-        for _stream, entries in batch or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                kind = fields[b"type"].decode()
-                payload = orjson.loads(fields[b"payload"])
-                token = fields.get(b"session", b"").decode() or None
-                if kind in AUTH_REQUEST_TYPES:
-                    reply = service.handle(kind, payload, token, time.time())
-                    pop_lock_event(reply)
-                elif kind == "ChangePassword":
-                    principal = sessions.resolve(token)
-                    account = payload["account"]
-                    if principal is None or principal.account_id != account:
-                        reply = {"ok": False, "code": "not_permitted", "message": "no"}
-                    elif not service.verify_password_proof(account, payload["proof"]):
-                        reply = {"ok": False, "code": "invalid_proof", "message": "wrong password"}
-                    else:
-                        cred = payload["credential"]
-                        client.hset(keys.account(account), mapping={
-                            "cred_salt": cred["salt"], "cred_kdf": orjson.dumps(cred["kdf"]).decode(),
-                            "cred_key": vault.seal(account, "public_key", cred["public_key"])})
-                        sessions.revoke_all_for(account)
-                        reply = {"ok": True, "account": account}
-                else:
-                    reply = {"ok": False, "code": "invalid_request", "message": kind}
-                client.rpush(keys.reply(fields[b"request_id"].decode()), orjson.dumps(reply))
+        handler.poll_once(block_ms=100)
 
 
 @pytest.fixture
@@ -102,12 +70,9 @@ def test_init_login_whoami_change_logout(bank_dir):
         events = read_range(client, keys, 1)
         assert [e.type for e in events] == ["AccountOpened", "CredentialsRegistered"]
         assert ADMIN_PW.encode() not in b"".join(e.body for e in events)
-        vault = PersonalDataVault(client, keys=keys, master_key=load_master_key(bank_dir / "master.key"))
-        sessions = SessionStore(client, keys=keys)
-        service = AuthService(client, keys=keys, vault=vault, server_id=(bank_dir / "server_id").read_text().strip(),
-                              sessions=sessions)
-        worker = threading.Thread(target=_stand_in_handler, args=(client, service, sessions, vault, keys, stop),
-                                  daemon=True)
+        handler = build_handler(client, data_dir=bank_dir, name="handler-test")
+        sessions = handler.sessions
+        worker = threading.Thread(target=_serve, args=(handler, stop), daemon=True)
         worker.start()
 
         code, out = run("login", "--account", "0", "--password-stdin", stdin="wrong password\n")
@@ -140,7 +105,7 @@ def test_init_login_whoami_change_logout(bank_dir):
         token = load_session("default").token
         code, out = run("logout")
         assert code == 0 and load_session("default") is None
-        assert sessions.resolve(token) is None
+        assert sessions.resolve_token(token) is None
         assert run("whoami")[0] == 4
         assert run("logout")[0] == 4
     finally:

@@ -11,7 +11,7 @@ from auth_zkp import schnorr
 from auth_zkp.client_proof import make_credential, make_proof, prove_from_start
 from auth_zkp.kdf import DEFAULT_PARAMS, KdfParams, derive_secret
 from auth_zkp.login import AUTH_REQUEST_TYPES, AuthService, pop_lock_event
-from auth_zkp.sessions import SessionStore, token_hash
+from auth_zkp.sessions import AuthenticatedSession, SessionStore, SessionToken, client_token, new_exchange_key
 from eventstore.pii import PersonalDataVault
 
 FAST = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
@@ -35,7 +35,7 @@ def register(client, keys, vault, account_id, password, *, role="customer", stat
 @pytest.fixture
 def bank(any_redis, keys):
     vault = PersonalDataVault(any_redis, keys=keys, master_key=os.urandom(32))
-    sessions = SessionStore(any_redis, keys=keys)
+    sessions = SessionStore(any_redis, keys=keys, master_key=vault.master_key)
     service = AuthService(any_redis, keys=keys, vault=vault, server_id=SERVER, sessions=sessions)
     register(any_redis, keys, vault, ALICE, ALICE_PW)
     register(any_redis, keys, vault, BOB, BOB_PW)
@@ -50,7 +50,18 @@ def start(service, account, now=NOW):
 
 
 def finish(service, account, proof, now=NOW):
-    return service.handle("LoginFinish", {"account": account, **proof}, None, now)
+    """LoginFinish with a fresh exchange key; a successful reply gains the client's ``token``."""
+    private, public = new_exchange_key()
+    reply = service.handle("LoginFinish", {"account": account, **proof, "session_public": public.hex()}, None, now)
+    if reply.get("ok"):
+        reply["token"] = client_token(private, public, reply["session_id"], bytes.fromhex(reply["server_public"]))
+    return reply
+
+
+def as_session(sessions, token):
+    """What the handler passes to AuthService once a request's MAC checked out."""
+    principal = sessions.resolve_token(token)
+    return AuthenticatedSession(SessionToken.parse(token).session_id, principal) if principal else None
 
 
 def login(service, account, password, now=NOW):
@@ -64,10 +75,12 @@ def test_request_types():
 def test_successful_login_creates_a_hashed_session(bank, any_redis, keys):
     service, sessions, _ = bank
     reply = login(service, ALICE, ALICE_PW)
-    assert reply == {"ok": True, "token": reply["token"], "account": ALICE, "role": "customer"}
-    principal = sessions.resolve(reply["token"])
+    assert reply == {"ok": True, "token": reply["token"], "session_id": reply["session_id"],
+                     "server_public": reply["server_public"], "account": ALICE, "role": "customer"}
+    principal = sessions.resolve_token(reply["token"])
     assert principal is not None and principal.account_id == ALICE and principal.role == "customer"
-    assert any_redis.exists(keys.session(token_hash(reply["token"])))
+    stored = any_redis.get(keys.session(reply["session_id"]))
+    assert stored is not None and SessionToken.parse(reply["token"]).key not in stored  # only wrapped
     assert login(service, 0, "the admin's password")["role"] == "admin"
 
 
@@ -249,10 +262,11 @@ def test_unknown_accounts_lock_too_but_without_an_event(bank):
 def test_logout_revokes_and_whoami(bank):
     service, sessions, _ = bank
     token = login(service, ALICE, ALICE_PW)["token"]
-    assert service.handle("WhoAmI", {}, token, NOW) == {"ok": True, "account": ALICE, "role": "customer"}
-    assert service.handle("Logout", {}, token, NOW) == {"ok": True}
-    assert sessions.resolve(token) is None
-    assert service.handle("WhoAmI", {}, token, NOW)["code"] == "unauthenticated"
+    session = as_session(sessions, token)
+    assert service.handle("WhoAmI", {}, session, NOW) == {"ok": True, "account": ALICE, "role": "customer"}
+    assert service.handle("Logout", {}, session, NOW) == {"ok": True}
+    assert sessions.resolve_token(token) is None
+    assert as_session(sessions, token) is None
     assert service.handle("Logout", {}, None, NOW)["ok"] is False
 
 
@@ -282,7 +296,7 @@ def test_no_secret_reaches_redis(bank, any_redis):
     reply = finish(service, ALICE, prove_from_start(ALICE_PW, ALICE, challenge))
     login(service, ALICE, "a wrong password")
     needles = [ALICE_PW.encode(), schnorr.scalar_to_bytes(x).hex().encode(), schnorr.scalar_to_bytes(x),
-               reply["token"].encode(), schnorr.public_key(x).hex().encode()]
+               SessionToken.parse(reply["token"]).key, reply["token"].encode(), schnorr.public_key(x).hex().encode()]
     for key in any_redis.scan_iter(count=1000):
         kind = any_redis.type(key)
         if kind == b"string":

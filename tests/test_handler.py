@@ -161,7 +161,7 @@ def test_close_revokes_sessions_and_erase_shreds_the_data_key(fake_redis, keys, 
     refused = run_command(fake_redis, keys, handler, "EraseCustomer", {"account": a}, admin)
     assert refused["code"] == Reason.ACCOUNT_NOT_CLOSED and fake_redis.exists(keys.data_key(a))
     assert run_command(fake_redis, keys, handler, "CloseAccount", {"account": a}, admin)["ok"]
-    assert handler.sessions.resolve(customer) is None
+    assert handler.sessions.resolve_token(customer) is None
     erased = run_command(fake_redis, keys, handler, "EraseCustomer", {"account": a}, admin, command_id="erase")
     assert erased["ok"] and not fake_redis.exists(keys.data_key(a))
     opened = next(e for e in log_payloads(fake_redis, keys) if e["type"] == "AccountOpened")
@@ -264,6 +264,6 @@ def test_change_password_needs_a_valid_proof(fake_redis, keys, handler):
     good = run_command(fake_redis, keys, handler, "ChangePassword",
                        {"account": a, "credential": new, "proof": {"valid": "yes"}}, me)
     assert good["ok"], good
-    assert handler.sessions.resolve(me) is None
+    assert handler.sessions.resolve_token(me) is None
     changed = log_payloads(fake_redis, keys)[-1]
     assert changed["type"] == "PasswordChanged" and changed["data"]["public_key"].startswith("pii1:")

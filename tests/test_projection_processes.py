@@ -145,7 +145,7 @@ def test_reads_fail_over_when_database1_is_deleted(bank, real_redis, keys):
     head = factory.last_seq
     for name in ("database1.db", "database2.db"):
         wait_for(lambda n=name: checkpoint_of(data_dir / n) == head, f"{name} at the head")
-    sessions = SessionStore(real_redis, keys=keys)
+    sessions = SessionStore(real_redis, keys=keys, master_key=factory.master_key)
     account = factory.accounts[0]
     token = sessions.create(Principal(account, "customer"))
     client = BankClient(real_redis, keys=keys, timeout_s=5, attempts=1)

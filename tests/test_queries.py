@@ -30,8 +30,8 @@ class Bank:
         self.projector = Projector(client, keys=keys, db=self.db, vault=self.factory.vault, block_ms=None)
         self.catch_up()
         self.server = QueryServer(client, keys=keys, db=self.db, consumer="p1", ready=self.projector.is_live,
-                                  changed=self.projector.changed, wait_s=0.05)
-        sessions = SessionStore(client, keys=keys)
+                                  master_key=self.factory.master_key, changed=self.projector.changed, wait_s=0.05)
+        sessions = SessionStore(client, keys=keys, master_key=self.factory.master_key)
         self.admin = sessions.create(Principal(0, "admin"))
         self.customer = sessions.create(Principal(self.accounts[0], "customer"))
 
@@ -122,7 +122,7 @@ def test_read_your_writes_1000_times_through_the_query_server(real_redis, keys, 
     db = ProjectionDatabase(tmp_path / "database1.db")
     projector = Projector(real_redis, keys=keys, db=db, vault=factory.vault, block_ms=200)
     server = QueryServer(real_redis, keys=keys, db=db, consumer="p1", ready=projector.is_live,
-                         changed=projector.changed)
+                         master_key=factory.master_key, changed=projector.changed)
     stop = threading.Event()
 
     def project():
@@ -133,7 +133,7 @@ def test_read_your_writes_1000_times_through_the_query_server(real_redis, keys, 
     worker.start()
     queries = QueryThread(server, name="queries")
     queries.start()
-    session = SessionStore(real_redis, keys=keys).create(Principal(account, "customer"))
+    session = SessionStore(real_redis, keys=keys, master_key=factory.master_key).create(Principal(account, "customer"))
     client = BankClient(real_redis, keys=keys, timeout_s=10)
     try:
         for i in range(1000):

@@ -73,7 +73,7 @@ def test_balance_and_history_commands_read_through_the_query_server(cli_bank, re
         cmd_query.register(cli)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     account = factory.accounts[0]
-    token = SessionStore(real_redis, keys=keys).create(Principal(account, "customer"))
+    token = SessionStore(real_redis, keys=keys, master_key=factory.master_key).create(Principal(account, "customer"))
     save_session("default", SavedSession(token=token, account_id=account, role="customer", server_id="bank-x",
                                          created_at="now"))
     db = ProjectionDatabase(data_dir / "database1.db")
@@ -82,7 +82,7 @@ def test_balance_and_history_commands_read_through_the_query_server(cli_bank, re
     worker = threading.Thread(target=lambda: [projector.poll_once() for _ in iter(stop.is_set, True)], daemon=True)
     worker.start()
     queries = QueryThread(QueryServer(real_redis, keys=keys, db=db, consumer="p1", ready=projector.is_live,
-                                      changed=projector.changed), name="q")
+                                      master_key=factory.master_key, changed=projector.changed), name="q")
     queries.start()
     try:
         runner = CliRunner()
