@@ -96,7 +96,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
                 for name, w in report["workers"].items()]
         head = (f"redis {report['redis']}; log length {report['log_length']}, last seq {report['last_seq']}, "
                 f"{report['commands_waiting']} commands waiting")
-        return head + "\n" + table(rows, ["worker", "kind", "pid", "alive", "pending", "beat"])
+        sms = report["notifier"]
+        tail = (f"SMS: {sms['lag']} events not yet delivered to a notifier, {sms['pending']} in flight, "
+                f"{sms['dead_letters']} dead letters")
+        return head + "\n" + table(rows, ["worker", "kind", "pid", "alive", "pending", "beat"]) + "\n" + tail
 
     emit(as_json, report, human)
     if not report["workers"]:

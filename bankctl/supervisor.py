@@ -375,6 +375,7 @@ def start_detached(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> Ru
 def bank_status(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """Workers alive (heartbeats), pending per handler, log length, last seq."""
     from eventstore.log import last_seq
+    from notifier.status import notifier_status
 
     keys = settings.keys
     workers = {}
@@ -402,4 +403,5 @@ def bank_status(settings: Settings, client: redis.Redis) -> dict[str, Any]:
         "log_length": log_length,
         "last_seq": last_seq(client, keys),
         "commands_waiting": client.xlen(keys.commands) if client.exists(keys.commands) else 0,
+        "notifier": notifier_status(client, keys),
     }
