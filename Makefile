@@ -28,7 +28,7 @@ test: deps lint
 	$(PY) -m pytest -q
 
 chaos: deps
-	$(PY) -m pytest -q -m slow tests/test_chaos.py --chaos-profile=long
+	$(VENV)/bin/bankctl chaos --profile long
 
 bench: deps
 	$(VENV)/bin/bankctl bench
