@@ -44,11 +44,7 @@ def cli(ctx: click.Context, data_dir: str, redis_url: str | None, profile: str) 
 
 
 for _module in COMMAND_MODULES:
-    try:
-        importlib.import_module(_module).register(cli)
-    except ModuleNotFoundError as _error:
-        if _error.name != _module:
-            raise
+    importlib.import_module(_module).register(cli)
 
 
 def main() -> None:

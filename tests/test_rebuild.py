@@ -67,10 +67,6 @@ def test_balance_and_history_commands_read_through_the_query_server(cli_bank, re
     from bankctl.last_seq import remember
     from bankctl.profile import SavedSession, save_session
 
-    if "balance" not in cli.commands:  # until bankctl.cmd_query is in COMMAND_MODULES
-        from bankctl import cmd_query
-
-        cmd_query.register(cli)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     account = factory.accounts[0]
     token = SessionStore(real_redis, keys=keys, master_key=factory.master_key).create(Principal(account, "customer"))
