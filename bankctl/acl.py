@@ -19,6 +19,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from eventstore.keyfiles import create_private_file
 from eventstore.keys import Keys
 
 # The default user is switched off (no connection can use it: it has no password and cannot log in), but it
@@ -77,9 +78,7 @@ def acl_file_path(data_dir: Path) -> Path:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    create_private_file(path, text.encode())
 
 
 def ensure_secrets(secrets_dir: Path, roles: tuple[str, ...] = ROLES) -> dict[str, str]:

@@ -23,6 +23,7 @@ from auth_zkp.principal import ADMIN_ACCOUNT_ID
 from commands.state import AccountState
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
 from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
+from eventstore.keyfiles import create_private_file
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault, create_master_key
 from eventstore.seals import create_signing_key
@@ -69,9 +70,7 @@ def ensure_transport_key(path: Path) -> bool:
 def ensure_server_id(path: Path) -> str:
     """A random id bound into every login proof, so a proof for one bank is worthless at another."""
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write("bank-" + secrets.token_hex(16) + "\n")
+        create_private_file(path, f"bank-{secrets.token_hex(16)}\n".encode())
     return path.read_text().strip()
 
 

@@ -56,17 +56,10 @@ def _bank_client(settings: Any) -> Any:
 
 def _send(bank: Any, request_type: str, payload: dict[str, Any], session: str | None = None) -> dict[str, Any]:
     """One request/reply; unreachable Redis or no reply is exit 5."""
-    from commands.client import BankUnavailable, Request
+    from bankctl.session_client import call_bank
+    from commands.client import Request
 
-    try:
-        return bank.command(Request(type=request_type, payload=payload, session=session))
-    except BankUnavailable as error:
-        raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
-    except redis.AuthenticationError as error:
-        raise BankctlError(f"Redis refused our credentials: {error}", Exit.DENIED, "not_permitted") from error
-    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
-        raise BankctlError(f"the bank is not reachable ({error}): try 'bankctl up'", Exit.UNAVAILABLE,
-                           "unavailable") from error
+    return call_bank(lambda: bank.command(Request(type=request_type, payload=payload, session=session)))
 
 
 def _login_start(bank: Any, account: int) -> dict[str, Any]:

@@ -7,7 +7,8 @@ every query sends the last one as ``min_seq``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 
@@ -17,6 +18,8 @@ from bankctl.output import BankctlError, Exit, raise_for_reply
 from bankctl.profile import ProfileError, SavedSession, load_session
 from commands.client import BankClient, BankUnavailable, Request
 from eventstore.transport import SEALED_FIELD, TransportError, fetch_public_key, seal_fields
+
+T = TypeVar("T")
 
 
 def load_saved_session(settings: Settings) -> SavedSession:
@@ -90,13 +93,18 @@ class BankSession:
         return raise_for_reply(self._roundtrip(lambda bank: bank.query(
             Request(type=query_type, payload=payload, session=self.session.token, min_seq=min_seq))))
 
-    def _roundtrip(self, call: Any) -> dict[str, Any]:
-        try:
-            return call(self._client())
-        except BankUnavailable as error:
-            raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
-        except redis.AuthenticationError as error:
-            raise BankctlError(f"Redis refused our credentials: {error}", Exit.DENIED, "not_permitted") from error
-        except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
-            raise BankctlError(f"the bank is not reachable ({error}): try 'bankctl up'", Exit.UNAVAILABLE,
-                               "unavailable") from error
+    def _roundtrip(self, call: Callable[[BankClient], T]) -> T:
+        return call_bank(lambda: call(self._client()))
+
+
+def call_bank(call: Callable[[], T]) -> T:
+    """Run one exchange with the bank, turning transport failures into the documented exit codes."""
+    try:
+        return call()
+    except BankUnavailable as error:
+        raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
+    except redis.AuthenticationError as error:
+        raise BankctlError(f"Redis refused our credentials: {error}", Exit.DENIED, "not_permitted") from error
+    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
+        raise BankctlError(f"the bank is not reachable ({error}): try 'bankctl up'", Exit.UNAVAILABLE,
+                           "unavailable") from error

@@ -16,6 +16,7 @@ import redis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from eventstore.keyfiles import create_private_file, read_private_file
 from eventstore.keys import Keys
 
 SEALED_PREFIX = "pii1:"
@@ -29,17 +30,12 @@ class DataKeyMissing(LookupError):
 
 def create_master_key(path: Path) -> None:
     """Write a new random master key with mode 0600; refuses to overwrite an existing one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(os.urandom(MASTER_KEY_BYTES))
+    create_private_file(path, os.urandom(MASTER_KEY_BYTES))
 
 
 def load_master_key(path: Path) -> bytes:
     """Read the master key, refusing a file that other users could read."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = path.read_bytes()
+    key = read_private_file(path)
     if len(key) != MASTER_KEY_BYTES:
         raise ValueError(f"{path} does not hold a {MASTER_KEY_BYTES}-byte key")
     return key

@@ -13,7 +13,6 @@ SubjectPublicKeyInfo PEM. :func:`load_signing_key` and :func:`load_public_key` a
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from eventstore.envelope import canonical_json
+from eventstore.keyfiles import create_private_file, read_private_file
 from eventstore.keys import Keys
 
 GENESIS = bytes(32)
@@ -60,9 +60,7 @@ def create_signing_key(path: Path) -> Ed25519PrivateKey:
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
+    create_private_file(path, pem)
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -72,10 +70,7 @@ def create_signing_key(path: Path) -> Ed25519PrivateKey:
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """PEM (PKCS#8) or raw 32 bytes; refuses a file other users could read."""
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-    data = path.read_bytes()
+    data = read_private_file(path)
     if len(data) == 32:
         return Ed25519PrivateKey.from_private_bytes(data)
     key = serialization.load_pem_private_key(data, password=None)

@@ -9,7 +9,6 @@ the handlers publish in ``{bank}:transport_key``; only a handler, holding the pr
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import redis
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
+from eventstore.keyfiles import create_private_file, read_private_file
 from eventstore.keys import Keys
 
 SEALED_FIELD = "sealed"
@@ -30,16 +30,11 @@ class TransportError(ValueError):
 
 def create_transport_key(path: Path) -> None:
     """Write a new X25519 private key with mode 0600; refuses to overwrite one."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(bytes(PrivateKey.generate()))
+    create_private_file(path, bytes(PrivateKey.generate()))
 
 
 def load_transport_key(path: Path) -> PrivateKey:
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-    return PrivateKey(path.read_bytes())
+    return PrivateKey(read_private_file(path))
 
 
 def publish_public_key(client: redis.Redis, keys: Keys, private_key: PrivateKey) -> None:
