@@ -30,6 +30,7 @@ from commands.models import (
     UpdateProfile,
     Withdraw,
 )
+from commands.prepare import Origin, prepare_decision
 from commands.state import AccountState, state_from_hash
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
 from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
@@ -71,23 +72,8 @@ class EventFactory:
 
     def _prepare(self, decision: Decision, before: dict[int, AccountState], actor: Principal) -> PreparedCommand:
         command_id = uuid.uuid4().hex
-        occurred_at = utc_timestamp(datetime.now(UTC))
-        events = []
-        for draft in decision.events:
-            data = {k: (self.vault.seal(draft.data["account"], k, v) if k in PERSONAL and isinstance(v, str) else v)
-                    for k, v in draft.data.items()}
-            body = envelope_dict(
-                event_id=uuid.uuid4().hex, event_type=draft.type, accounts=draft.accounts,
-                versions=tuple(decision.new_states[a].version for a in draft.accounts), command_id=command_id,
-                correlation_id=command_id, causation_id=command_id, actor=actor.name, occurred_at=occurred_at,
-                data=data,
-            )
-            prefix, suffix = split_body_around_seq(body)
-            events.append(PreparedEvent(draft.type, prefix, suffix))
-        writes = [AccountWrite(self.keys.account(a), before[a].version, s.to_fields())
-                  for a, s in decision.new_states.items()]
-        return PreparedCommand(self.keys.command_outcome(command_id), self.keys.reply("t-" + command_id), writes,
-                               events, b'{"ok":true,"seq":', b"}")
+        origin = Origin(command_id, "t-" + command_id, actor.name, utc_timestamp(datetime.now(UTC)))
+        return prepare_decision(decision, before, origin, keys=self.keys, vault=self.vault)
 
     def run(self, commands: Sequence[Command], actor: Principal = ADMIN) -> list[int]:
         """Decide and append in batches; returns each command's last seq (0 when rejected)."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import orjson
 import redis
 
 from auth_zkp.principal import Principal
@@ -28,16 +29,15 @@ from commands.models import (
     UpdateProfile,
     Withdraw,
 )
+from commands.prepare import Origin, prepare_decision
 from commands.state import AccountState
 from eventstore.append import (
     MAX_COMMANDS_PER_APPEND,
-    AccountWrite,
     Appender,
     AppendStatus,
     PreparedCommand,
-    PreparedEvent,
 )
-from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
+from eventstore.envelope import utc_timestamp
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
 
@@ -89,33 +89,15 @@ class FakeBank:
             results = self.appender.append(chunk)
             assert all(r.status is AppendStatus.OK for r in results), results
 
-    def _seal(self, draft: EventDraft) -> dict[str, object]:
-        account = draft.accounts[0]
-        return {name: (self.vault.seal(account, name, value) if name in SEALED_FIELDS and isinstance(value, str)
-                       else value)
-                for name, value in draft.data.items()}
-
     def _submit(self, drafts: tuple[EventDraft, ...], new_states: dict[int, AccountState], actor: Principal) -> None:
         command_id = uuid.uuid4().hex
-        writes = [AccountWrite(self.keys.account(a), self.state(a).version, new.to_fields())
-                  for a, new in new_states.items()]
-        events = []
-        versions = {a: s.version for a, s in new_states.items()}
-        for draft in drafts:
-            event_id = str(uuid.uuid4())
-            body = envelope_dict(
-                event_id=event_id, event_type=draft.type, accounts=draft.accounts,
-                versions=tuple(versions[a] for a in draft.accounts), command_id=command_id,
-                correlation_id=command_id, causation_id=command_id, actor=actor.name,
-                occurred_at=utc_timestamp(datetime.now(UTC)), data=self._seal(draft),
-            )
-            prefix, suffix = split_body_around_seq(body)
-            events.append(PreparedEvent(draft.type, prefix, suffix))
+        origin = Origin(command_id, command_id, actor.name, utc_timestamp(datetime.now(UTC)))
+        before = {a: self.state(a) for a in new_states}
+        prepared = prepare_decision(Decision(drafts, new_states), before, origin, keys=self.keys, vault=self.vault)
+        for draft, event in zip(drafts, prepared.events, strict=True):
+            event_id = orjson.loads(event.prefix + b"0" + event.suffix)["event_id"]
             self.event_ids.append((event_id, draft.type, draft.accounts))
-        self._queue.append(PreparedCommand(
-            outcome_key=self.keys.command_outcome(command_id), reply_key=self.keys.reply(command_id),
-            accounts=writes, events=events, reply_prefix=b'{"ok":true,"seq":', reply_suffix=b"}",
-        ))
+        self._queue.append(prepared)
         self.states.update(new_states)
         if not self._batching:
             self.flush()
