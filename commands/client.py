@@ -22,6 +22,7 @@ from eventstore.keys import Keys
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_ATTEMPTS = 3
 MAX_REQUEST_STREAM_LEN = 1_000_000
+BLOCK_SLICE_S = 2.0  # each BLPOP stays well below the socket timeout (redis-py would time out first)
 
 
 class BankUnavailable(RuntimeError):
@@ -84,8 +85,7 @@ class BankClient:
         for _attempt in range(self.attempts):
             request_id = new_id()
             try:
-                self.client.xadd(stream, request.fields(request_id), maxlen=MAX_REQUEST_STREAM_LEN, approximate=True)
-                reply = self._wait(self.keys.reply(request_id), self.timeout_s)
+                reply = self._send_and_wait(stream, request.fields(request_id), self.keys.reply(request_id))
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 last_error = error
                 time.sleep(0.2)
@@ -98,14 +98,24 @@ class BankClient:
             + ": are the workers running? try 'bankctl status'"
         )
 
+    def _send_and_wait(self, stream: str, fields: dict[bytes, bytes | str], reply_key: str) -> dict[str, Any] | None:
+        """XADD and the first BLPOP in one round trip (the BLPOP waits on the server for the handler's reply)."""
+        began = time.monotonic()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xadd(stream, fields, maxlen=MAX_REQUEST_STREAM_LEN, approximate=True)
+        pipe.blpop([reply_key], timeout=min(self.timeout_s, BLOCK_SLICE_S))
+        _entry_id, popped = pipe.execute()
+        if popped is not None:
+            return orjson.loads(popped[1])
+        return self._wait(reply_key, self.timeout_s - (time.monotonic() - began))
+
     def _wait(self, reply_key: str, timeout_s: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            # BLPOP in slices below the socket timeout (redis-py would otherwise time out first).
-            popped = self.client.blpop([reply_key], timeout=min(remaining, 2.0))
+            popped = self.client.blpop([reply_key], timeout=min(remaining, BLOCK_SLICE_S))
             if popped is not None:
                 return orjson.loads(popped[1])
 
@@ -122,7 +132,7 @@ class BankClient:
 
     def wait_many(self, request_ids: Sequence[str], timeout_s: float | None = None) -> list[dict[str, Any] | None]:
         """Pipelined BLPOP of many replies, in order; ``None`` for one that did not arrive in time."""
-        timeout = min(timeout_s or self.timeout_s, 2.0)
+        timeout = min(timeout_s or self.timeout_s, BLOCK_SLICE_S)
         pipe = self.client.pipeline(transaction=False)
         for request_id in request_ids:
             pipe.blpop([self.keys.reply(request_id)], timeout=timeout)

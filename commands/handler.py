@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,17 @@ class Preload:
     states: dict[int, AccountState] = field(default_factory=dict)
 
 
+# Commands whose success is followed by a side effect outside the script (destroy a data key, revoke sessions):
+# their request is acknowledged only after it, so a crash in between redelivers the command and redoes it.
+ACK_AFTER_SIDE_EFFECTS = (EraseCustomer, CloseAccount, ChangePassword)
+
+
 @dataclass(slots=True)
 class Batch:
     """What one iteration must send back and acknowledge."""
 
     ack_ids: list[str] = field(default_factory=list)
+    acked_by_script: set[str] = field(default_factory=set)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     revoke: set[int] = field(default_factory=set)
     erase: set[int] = field(default_factory=set)
@@ -151,7 +157,7 @@ class CommandHandler:
         self.config = config or HandlerConfig()
         self.clock = clock
         self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
-        self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s)
+        self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s, ack_group=GROUP)
         self.state_loader = StateLoader(client, keys=keys)
         self.auth_types = auth_request_types()
         self.counters: dict[str, int] = {
@@ -412,11 +418,13 @@ class CommandHandler:
                 prepared.append((work, item))
             results = self.appender.append([item for _, item in prepared])
             live = []
-            for (work, _item), result in zip(prepared, results, strict=True):
+            for (work, item), result in zip(prepared, results, strict=True):
                 if result.status is AppendStatus.CONFLICT:
                     self.counters["conflicts"] += 1
                     live.append(work)
                     continue
+                if item.ack_entry:
+                    batch.acked_by_script.add(item.ack_entry)
                 self.counters["processed"] += 1
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
@@ -463,11 +471,14 @@ class CommandHandler:
             if work.lock_reply is not None:  # nothing to lock: just answer the login request
                 return PreparedCommand(self.keys.command_outcome(request.command_id),
                                        self.keys.reply(request.request_id), [], [], orjson.dumps(work.lock_reply))
-            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys)
+            return replace(prepare_rejection(outcome, list(before.values()), origin, keys=self.keys),
+                           ack_entry=request.entry_id)
         prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
-        return prepared
+        if isinstance(request.command, ACK_AFTER_SIDE_EFFECTS):
+            return prepared  # acknowledged only after its side effects (see _finish), so a crash redoes them
+        return replace(prepared, ack_entry=request.entry_id)
 
     # ------------------------------------------------------------------ after the append
 
@@ -504,10 +515,12 @@ class CommandHandler:
             key = self.keys.reply(request_id)
             pipe.rpush(key, body)
             pipe.expire(key, self.config.reply_ttl_s)
-        if batch.ack_ids:
-            pipe.xack(self.group.stream, GROUP, *batch.ack_ids)
-            pipe.xdel(self.group.stream, *batch.ack_ids)
-        pipe.execute()
+        ack_ids = [i for i in batch.ack_ids if i not in batch.acked_by_script]
+        if ack_ids:
+            pipe.xack(self.group.stream, GROUP, *ack_ids)
+            pipe.xdel(self.group.stream, *ack_ids)
+        if len(pipe):
+            pipe.execute()
 
 
 def _decide_lock(data: dict[str, Any], state: AccountState) -> Decision | Rejection:

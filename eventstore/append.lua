@@ -1,13 +1,16 @@
 -- One atomic append for a batch of decided commands (DESIGN §5).
 --
--- KEYS[1] = the log stream, KEYS[2] = the global seq counter, then for every command in order:
---   its outcome key, its reply key, then the keys of the accounts it touched.
--- ARGV[1] = outcome TTL (s), ARGV[2] = reply TTL (s), ARGV[3] = number of commands, then per command:
---   n_accounts, n_events, reply_mode ('seq' | 'plain'), reply_a, reply_b,
+-- KEYS[1] = the log stream, KEYS[2] = the global seq counter, KEYS[3] = the request stream, then for every
+--   command in order: its outcome key, its reply key, then the keys of the accounts it touched.
+-- ARGV[1] = outcome TTL (s), ARGV[2] = reply TTL (s), ARGV[3] = number of commands, ARGV[4] = the request
+--   stream's consumer group ('' when nothing is acknowledged here), then per command:
+--   n_accounts, n_events, reply_mode ('seq' | 'plain'), reply_a, reply_b, ack_id ('' or the request's entry id),
 --   per account: expected_version, n_fields, field1, value1, ...   (n_fields is 0 when nothing changes)
 --   per event:   type, body_prefix, body_suffix                  (the body is prefix .. seq .. suffix)
 -- Returns a flat array {status1, seq1, status2, seq2, ...} with status 'ok' | 'rejected' | 'dup' | 'conflict'
--- and seq the last seq the command appended (0 when it appended nothing).
+-- and seq the last seq the command appended (0 when it appended nothing). A settled command (anything but a
+-- conflict) with an ack_id has its request acknowledged and deleted in the same atomic step, which saves the
+-- handler a round trip and a disk sync per batch.
 --
 -- The whole batch is parsed and validated before the first write, because a Lua error keeps earlier writes.
 -- Every variable is local: a global breaks later scripts on fakeredis.
@@ -19,13 +22,14 @@ end
 local outcome_ttl = tonumber(ARGV[1])
 local reply_ttl = tonumber(ARGV[2])
 local n_commands = tonumber(ARGV[3])
-if not outcome_ttl or not reply_ttl or not n_commands then
+local ack_group = ARGV[4]
+if not outcome_ttl or not reply_ttl or not n_commands or not ack_group or not KEYS[3] then
   return bad('header')
 end
 
 local commands = {}
-local a = 4
-local k = 3
+local a = 5
+local k = 4
 for c = 1, n_commands do
   local n_acct = tonumber(ARGV[a])
   local n_events = tonumber(ARGV[a + 1])
@@ -35,12 +39,13 @@ for c = 1, n_commands do
   end
   local command = {
     outcome_key = KEYS[k], reply_key = KEYS[k + 1], reply_mode = reply_mode,
-    reply_a = ARGV[a + 3], reply_b = ARGV[a + 4], accounts = {}, events = {},
+    reply_a = ARGV[a + 3], reply_b = ARGV[a + 4], ack_id = ARGV[a + 5], accounts = {}, events = {},
   }
-  if not command.outcome_key or not command.reply_key or not command.reply_a or not command.reply_b then
+  if not command.outcome_key or not command.reply_key or not command.reply_a or not command.reply_b
+      or not command.ack_id or (command.ack_id ~= '' and ack_group == '') then
     return bad('command ' .. c .. ' keys')
   end
-  a = a + 5
+  a = a + 6
   for i = 1, n_acct do
     local n_fields = tonumber(ARGV[a + 1])
     local key = KEYS[k + 1 + i]
@@ -81,6 +86,13 @@ local function poison(command)
   end
 end
 
+local function acknowledge(command)
+  if command.ack_id ~= '' then
+    redis.call('XACK', KEYS[3], ack_group, command.ack_id)
+    redis.call('XDEL', KEYS[3], command.ack_id)
+  end
+end
+
 local result = {}
 for c = 1, n_commands do
   local command = commands[c]
@@ -89,6 +101,7 @@ for c = 1, n_commands do
     poison(command)
     redis.call('RPUSH', command.reply_key, stored)
     redis.call('EXPIRE', command.reply_key, reply_ttl)
+    acknowledge(command)
     result[#result + 1] = 'dup'
     result[#result + 1] = 0
   else
@@ -124,6 +137,7 @@ for c = 1, n_commands do
       redis.call('SET', command.outcome_key, reply, 'EX', outcome_ttl)
       redis.call('RPUSH', command.reply_key, reply)
       redis.call('EXPIRE', command.reply_key, reply_ttl)
+      acknowledge(command)
       if #command.events > 0 then
         result[#result + 1] = 'ok'
       else

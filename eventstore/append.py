@@ -57,6 +57,7 @@ class PreparedCommand:
     events: Sequence[PreparedEvent]
     reply_prefix: bytes
     reply_suffix: bytes | None = None
+    ack_entry: str = ""  # the request's entry id, acknowledged and deleted by the script once settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +80,13 @@ class Appender:
         keys: Keys,
         outcome_ttl_s: int = DEFAULT_OUTCOME_TTL_S,
         reply_ttl_s: int = DEFAULT_REPLY_TTL_S,
+        ack_group: str = "",
     ) -> None:
         self._script = client.register_script(_SCRIPT_SOURCE)
         self._keys = keys
         self._outcome_ttl_s = outcome_ttl_s
         self._reply_ttl_s = reply_ttl_s
+        self._ack_group = ack_group
 
     def append(self, commands: Sequence[PreparedCommand]) -> list[AppendResult]:
         if not commands:
@@ -93,14 +96,14 @@ class Appender:
 
     def encode(self, commands: Sequence[PreparedCommand]) -> tuple[list[str], list[str | bytes | int]]:
         """The script's KEYS and ARGV for a batch (see append.lua for the layout)."""
-        script_keys: list[str] = [self._keys.events, self._keys.seq]
-        args: list[str | bytes | int] = [self._outcome_ttl_s, self._reply_ttl_s, len(commands)]
+        script_keys: list[str] = [self._keys.events, self._keys.seq, self._keys.commands]
+        args: list[str | bytes | int] = [self._outcome_ttl_s, self._reply_ttl_s, len(commands), self._ack_group]
         for command in commands:
             script_keys.append(command.outcome_key)
             script_keys.append(command.reply_key)
             mode = "plain" if command.reply_suffix is None else "seq"
             args += [len(command.accounts), len(command.events), mode, command.reply_prefix,
-                     command.reply_suffix or b""]
+                     command.reply_suffix or b"", command.ack_entry]
             for account in command.accounts:
                 script_keys.append(account.key)
                 args.append(account.expected_version)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -104,3 +106,19 @@ def test_iterate_and_read_after(any_redis, keys):
     assert [e.seq for e in iterate(any_redis, keys, page=7)] == list(range(1, 26))
     assert [e.seq for e in read_after(any_redis, keys, 20)] == [21, 22, 23, 24, 25]
     assert [e.seq for e in read_range(any_redis, keys, 3, 5)] == [3, 4, 5]
+
+
+def test_settled_commands_acknowledge_their_request_in_the_same_step(any_redis, keys):
+    any_redis.xgroup_create(keys.commands, "handlers", id="0", mkstream=True)
+    first = any_redis.xadd(keys.commands, {"n": 1}).decode()
+    second = any_redis.xadd(keys.commands, {"n": 2}).decode()
+    any_redis.xreadgroup("handlers", "h1", {keys.commands: ">"})
+    appender = Appender(any_redis, keys=keys, ack_group="handlers")
+    appender.append([_deposit(keys, "a", 1, 0, 100)])
+    ok = replace(_deposit(keys, "b", 1, 1, 200), ack_entry=first)
+    stale = replace(_deposit(keys, "c", 2, 5, 100), ack_entry=second)
+    results = appender.append([ok, stale])
+    assert [r.status for r in results] == [AppendStatus.OK, AppendStatus.CONFLICT]
+    assert [e[0].decode() for e in any_redis.xrange(keys.commands)] == [second]  # the conflict stays
+    pending = any_redis.xpending_range(keys.commands, "handlers", "-", "+", 10)
+    assert [p["message_id"].decode() for p in pending] == [second]

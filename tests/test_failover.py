@@ -52,7 +52,8 @@ def test_a_restarted_handler_settles_its_own_pending_entries_first(any_redis, ke
     assert [take_reply(any_redis, keys, r)["balance_cents"] for r in request_ids] == [1, 2, 3, 4]
 
 
-def test_a_crash_between_append_and_ack_replays_as_duplicates(any_redis, keys):
+def test_the_append_acknowledges_its_requests_atomically(any_redis, keys):
+    """A crash right after the append script leaves nothing to replay: the script acknowledged the requests."""
     handler = make_handler(any_redis, keys)
     [a] = open_accounts(any_redis, keys, handler, 1)
     request_ids = _deposits(any_redis, keys, a, 3)
@@ -64,11 +65,34 @@ def test_a_crash_between_append_and_ack_replays_as_duplicates(any_redis, keys):
     with pytest.raises(redis.ConnectionError):
         handler.poll_once(block_ms=None)
     assert [take_reply(any_redis, keys, r)["balance_cents"] for r in request_ids] == [1, 2, 3]
-    del handler._finish  # the connection is back: the same handler re-reads its pending entries first
+    assert any_redis.xpending(keys.commands, "handlers")["pending"] == 0
+    assert any_redis.xlen(keys.commands) == 0
+    del handler._finish
     drain(handler)
-    assert handler.counters["dups"] == 3
-    assert [take_reply(any_redis, keys, r)["balance_cents"] for r in request_ids] == [1, 2, 3]
+    assert handler.counters["dups"] == 0
     assert balances_from_log(log_payloads(any_redis, keys)) == {a: 3}
+
+
+def test_a_crash_before_a_side_effect_replays_the_command_as_a_duplicate(any_redis, keys):
+    """Closing revokes sessions after the append; until then the request stays pending, so a crash redoes it."""
+    handler = make_handler(any_redis, keys)
+    [a] = open_accounts(any_redis, keys, handler, 1)
+    customer = session_for(any_redis, keys, a)
+    [request_id] = [submit(any_redis, keys, "CloseAccount", {"account": a}, session_for(any_redis, keys, 0, "admin"))]
+
+    def lose_connection(batch):
+        raise redis.ConnectionError("connection lost after the append")
+
+    handler._finish = lose_connection  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        handler.poll_once(block_ms=None)
+    assert any_redis.xpending(keys.commands, "handlers")["pending"] == 1
+    assert handler.sessions.resolve_token(customer) is not None  # the side effect did not happen yet
+    del handler._finish
+    drain(handler)
+    assert handler.counters["dups"] == 1
+    assert handler.sessions.resolve_token(customer) is None
+    assert take_reply(any_redis, keys, request_id)["ok"] is True
     assert any_redis.xlen(keys.commands) == 0
 
 

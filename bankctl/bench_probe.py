@@ -1,0 +1,171 @@
+"""What ``bankctl bench`` observes besides the clients: worker memory, Redis memory, projector lag, work split.
+
+Everything here only reads: ``/proc/<pid>/status`` for resident memory, ``INFO memory`` for Redis, the
+projectors' SQLite checkpoints (read-only) against the log head for lag, and the workers' heartbeat counters.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from eventstore.keys import Keys
+
+LAG_SAMPLE_EVERY_S = 0.1
+
+
+def resident_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` (now) and ``VmHWM`` (peak) of a process in KiB; empty when it is gone."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            out[name] = int(value.split()[0])
+    return out
+
+
+def redis_used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def head(client: redis.Redis, keys: Keys) -> tuple[int, datetime | None]:
+    """The last seq of the log and when its event occurred."""
+    raw = client.xrevrange(keys.events, max="+", min="-", count=1)
+    if not raw:
+        return 0, None
+    body = orjson.loads(raw[0][1][b"body"])
+    return int(raw[0][1][b"seq"]), _parse_time(body.get("occurred_at"))
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
+    """A projector database's checkpoint and the time of its event (read-only); ``None`` when unreadable."""
+    from projections.schema import DatabaseUnusable, open_readonly, read_checkpoint
+
+    try:
+        conn = open_readonly(path)
+    except DatabaseUnusable:
+        return None
+    try:
+        seq = read_checkpoint(conn)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'checkpoint_at'").fetchone()
+    except Exception:  # noqa: BLE001 - a database being created or swapped: skip this sample
+        return None
+    finally:
+        conn.close()
+    return seq, _parse_time(row[0] if row else None)
+
+
+@dataclass
+class LagSampler:
+    """Samples every projector's lag behind the log head in a thread while a load runs.
+
+    Lag in events is ``head - checkpoint``; lag in seconds is the event time of the head minus the event time
+    of the checkpoint (0 when caught up), as ``bankctl projections status`` reports it.
+    """
+
+    client: redis.Redis
+    keys: Keys
+    databases: dict[str, Path]
+    events: dict[str, list[int]] = field(default_factory=dict)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(LAG_SAMPLE_EVERY_S):
+            try:
+                head_seq, head_at = head(self.client, self.keys)
+            except redis.RedisError:
+                continue
+            for name, path in self.databases.items():
+                found = checkpoint(path)
+                if found is None:
+                    continue
+                seq, at = found
+                lag = max(0, head_seq - seq)
+                self.events.setdefault(name, []).append(lag)
+                seconds = (head_at - at).total_seconds() if lag and head_at and at else 0.0
+                self.seconds.setdefault(name, []).append(max(0.0, seconds))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name in self.databases:
+            events, seconds = self.events.get(name, []), self.seconds.get(name, [])
+            out[name] = {
+                "samples": len(events),
+                "max_events": max(events, default=0),
+                "median_events": statistics.median(events) if events else 0,
+                "max_s": max(seconds, default=0.0),
+                "median_s": statistics.median(seconds) if seconds else 0.0,
+            }
+        return out
+
+
+def wait_caught_up(client: redis.Redis, keys: Keys, databases: dict[str, Path], timeout_s: float = 60.0) -> float:
+    """Seconds until every projector reached the current head (raises on timeout)."""
+    began = time.monotonic()
+    target, _ = head(client, keys)
+    while time.monotonic() - began < timeout_s:
+        done = [checkpoint(p) for p in databases.values()]
+        if all(d is not None and d[0] >= target for d in done):
+            return time.monotonic() - began
+        time.sleep(0.05)
+    raise RuntimeError(f"projectors did not reach seq {target} within {timeout_s:.0f}s")
+
+
+def worker_counters(client: redis.Redis, keys: Keys, name: str) -> dict[str, int]:
+    """A worker's ``n_*`` heartbeat counters (e.g. how much each handler processed)."""
+    raw = client.hgetall(keys.worker(name))
+    out = {}
+    for key, value in raw.items():
+        text = key.decode()
+        if text.startswith("n_"):
+            try:
+                out[text[2:]] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def counters_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after}
+
+
+def process_rows(pids: dict[str, int]) -> list[dict[str, Any]]:
+    """Resident memory of each process, in MiB."""
+    rows = []
+    for name, pid in pids.items():
+        found = resident_kib(pid)
+        rows.append({"process": name, "rss_mib": round(found.get("VmRSS", 0) / 1024, 1),
+                     "peak_rss_mib": round(found.get("VmHWM", 0) / 1024, 1)})
+    return rows

@@ -1,0 +1,78 @@
+"""``bankctl bench`` end to end on a tiny load: the report's structure and its invariants (no timed assertions)."""
+
+from __future__ import annotations
+
+import shutil
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from bankctl.bench_suite import BenchOptions, paced_clients, run_bench
+from bankctl.cmd_bench import bench, render
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+TINY = BenchOptions(accounts=20, clients=2, window=50, operations=300, sequential_clients=(1,),
+                    sequential_operations=60, rates=(200.0,), paced_seconds=0.5, query_rate=100.0, runs=1,
+                    fill_events=1_500)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    return run_bench(TINY)
+
+
+def test_report_has_every_figure(report):
+    assert report["machine"]["cores"] >= 1 and report["fsync"] == "always"
+    write = report["write_path"]
+    assert [r["mode"].split(" ")[0] for r in write["results"]] == ["sequential", "batched", "paced"]
+    for row in write["results"] + report["full_system"]["results"]:
+        assert row["runs"] == 1 and row["commands"] > 0 and row["per_s"] > 0
+        assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert row["accepted"] + row["rejected"] + row["missing"] == row["commands"]
+    full = report["full_system"]
+    assert set(full["projector_lag"]) >= {"database1", "database2", "catch_up_after_load_s"}
+    assert full["queries"]["commands"] == 50 and full["queries"]["rejected"] == 0
+    assert full["notifier"]["backlog_events"] > 0 and full["notifier"]["sms"] > 0
+    assert full["filled"]["events"] > 0
+    assert full["rebuild"]["events"] >= TINY.fill_events and full["rebuild"]["events_per_s"] > 0
+    assert full["audit"]["events"] >= TINY.fill_events and full["audit"]["findings"] == []
+    assert full["redis_bytes_per_event"] > 0
+    names = {row["process"] for row in full["resident_memory"]}
+    assert names == {"redis-server", "handler-1", "handler-2", "projector-1", "projector-2", "notifier", "sealer"}
+    assert all(row["rss_mib"] > 0 for row in full["resident_memory"])
+    split = write["handler_split"]
+    assert [r["handler"] for r in split] == ["handler-1", "handler-2"]
+    assert sum(r["processed"] for r in split) >= 0
+
+
+def test_invariants_hold_and_are_reported(report):
+    for phase in ("write_path", "full_system"):
+        inv = report[phase]["invariants"]
+        assert inv["conserved"] and inv["sum_of_balances"] == inv["deposits_minus_withdrawals"]
+        assert inv["negative_balances"] == 0 and inv["duplicate_command_ids"] == 0 and inv["events"] > 0
+    assert report["full_system"]["invariants"]["audit_ok"] is True
+    assert report["invariants"] == {"write_path": True, "full_system": True, "missing_replies": 0, "ok": True}
+
+
+def test_human_report_names_every_section(report):
+    text = render(report)
+    for heading in ("WRITE PATH", "FULL SYSTEM", "projector lag", "queries", "notifier", "rebuild", "audit verify",
+                    "bytes per event", "resident memory", "INVARIANTS", "overall: OK"):
+        assert heading in text
+
+
+def test_paced_clients_keep_up_with_the_offered_rate():
+    assert paced_clients(TINY, 2000.0) == 8
+    assert paced_clients(TINY, 1.0) == 1
+
+
+def test_cli_prints_one_json_object():
+    result = CliRunner().invoke(bench, [
+        "--accounts", "10", "--operations", "100", "--window", "50", "--sequential-clients", "1",
+        "--sequential-operations", "20", "--rate", "100", "--paced-seconds", "0.3", "--runs", "1",
+        "--write-path-only", "--json"])
+    assert result.exit_code == 0, result.output
+    data = orjson.loads(result.stdout.strip().splitlines()[-1])
+    assert data["full_system"] is None and data["invariants"]["ok"] is True
