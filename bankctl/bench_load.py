@@ -11,7 +11,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from commands.client import BankClient, Request
 from eventstore.keys import Keys
 
 OPEN_BATCH = 200
+OPEN_LOOP_THREADS = 32
 
 
 @dataclass
@@ -127,20 +130,15 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             stats.latencies_ms.append(took)
             done += len(batch)
             stats.sent += len(batch)
+    elif mode in ("paced", "queries"):
+        _run_open_loop(stats, socket_path, keys, rng, own, everyone, queries=mode == "queries",
+                       operations=operations, interval=1.0 / rate if rate > 0 else 0.0, began=began)
     else:
-        interval = 1.0 / rate if mode in ("paced", "queries") and rate > 0 else 0.0
-        send = bank.query if mode == "queries" else bank.command
-        for i in range(operations):
-            request = _next_query(rng, own) if mode == "queries" else _next_request(rng, own, everyone)
-            scheduled = began + i * interval
-            if interval:
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            else:
-                scheduled = time.perf_counter()
+        for _ in range(operations):
+            request = _next_request(rng, own, everyone)
+            scheduled = time.perf_counter()
             try:
-                reply: dict[str, Any] | None = send(request)
+                reply: dict[str, Any] | None = bank.command(request)
             except Exception:
                 reply = None
             stats.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
@@ -148,6 +146,41 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             stats.sent += 1
     stats.elapsed_s = time.perf_counter() - began
     return stats
+
+
+def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random.Random, own: list[tuple[int, str]],
+                   everyone: list[int], *, queries: bool, operations: int, interval: float, began: float) -> None:
+    """Send on a fixed schedule whatever the replies do (open loop); latency counts from the scheduled time.
+
+    Requests go out from a pool of threads, each with its own connection, so a slow reply delays no later
+    request: the offered load is the configured rate, not what a closed loop would let through.
+    """
+    local = threading.local()
+
+    def one(request: Request, scheduled: float) -> tuple[Request, dict[str, Any] | None, float]:
+        if not hasattr(local, "bank"):
+            local.bank = BankClient(redis.Redis(unix_socket_path=socket_path, socket_timeout=30), keys=keys,
+                                    timeout_s=20)
+        try:
+            reply = local.bank.query(request) if queries else local.bank.command(request)
+        except Exception:
+            reply = None
+        return request, reply, (time.perf_counter() - scheduled) * 1000
+
+    with ThreadPoolExecutor(max_workers=OPEN_LOOP_THREADS) as pool:
+        futures = []
+        for i in range(operations):
+            request = _next_query(rng, own) if queries else _next_request(rng, own, everyone)
+            scheduled = began + i * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, request, scheduled))
+        for future in futures:
+            request, reply, latency_ms = future.result()
+            stats.latencies_ms.append(latency_ms)
+            _tally(stats, request, reply)
+            stats.sent += 1
 
 
 def _client_entry(queue: mp.Queue, *args: Any, **kwargs: Any) -> None:

@@ -51,7 +51,7 @@ class BenchOptions:
     sequential_operations: int = 5_000
     rates: tuple[float, ...] = (1000.0, 2000.0)
     paced_seconds: float = 5.0
-    paced_client_rate: float = 250.0  # one request in flight per client: enough clients to keep up
+    paced_client_rate: float = 1000.0  # open loop per client process (see bench_load._run_open_loop)
     query_rate: float = 1000.0
     runs: int = 3
     modes: tuple[str, ...] = WRITE_MODES
@@ -63,7 +63,7 @@ Progress = Callable[[str], None]
 
 
 def paced_clients(options: BenchOptions, rate: float) -> int:
-    """Paced clients keep one request in flight each: one per ``paced_client_rate`` of offered load."""
+    """One open-loop client process per ``paced_client_rate`` of offered load."""
     return max(1, math.ceil(rate / options.paced_client_rate))
 
 

@@ -63,8 +63,9 @@ def test_human_report_names_every_section(report):
         assert heading in text
 
 
-def test_paced_clients_keep_up_with_the_offered_rate():
-    assert paced_clients(TINY, 2000.0) == 8
+def test_paced_load_is_split_over_enough_client_processes():
+    assert paced_clients(TINY, 2000.0) == 2
+    assert paced_clients(TINY, 2500.0) == 3
     assert paced_clients(TINY, 1.0) == 1
 
 
