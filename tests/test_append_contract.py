@@ -122,3 +122,38 @@ def test_settled_commands_acknowledge_their_request_in_the_same_step(any_redis, 
     assert [e[0].decode() for e in any_redis.xrange(keys.commands)] == [second]  # the conflict stays
     pending = any_redis.xpending_range(keys.commands, "handlers", "-", "+", 10)
     assert [p["message_id"].decode() for p in pending] == [second]
+
+
+def test_versions_chain_through_a_batch_whatever_the_fields(any_redis, keys):
+    # Later commands see the versions the batch left: a rejection (no fields), a write without "version",
+    # one, two and many fields (the script's fast paths), and an account that never had a version field.
+    appender = Appender(any_redis, keys=keys)
+    account = keys.account(1)
+    rejection = PreparedCommand(keys.command_outcome("r"), keys.reply("rr"), [AccountWrite(account, 0)], [],
+                                b'{"ok":false}', None)
+    untouched = PreparedCommand(keys.command_outcome("n"), keys.reply("rn"),
+                                [AccountWrite(account, 0, {"note": "x"}), AccountWrite(keys.account(2), 0)],
+                                [_event(keys, "n", 1, 0, 1)], b"n", None)
+    one = replace(_deposit(keys, "one", 1, 0, 0), accounts=[AccountWrite(account, 0, {"version": 1})])
+    many = replace(_deposit(keys, "many", 1, 1, 0),
+                   accounts=[AccountWrite(account, 1, {"a": 1, "version": 2, "b": "", "c": 3})])
+    stale = _deposit(keys, "stale", 1, 1, 5)
+    fresh = _deposit(keys, "fresh", 1, 2, 300)
+    results = appender.append([rejection, untouched, one, many, stale, fresh])
+    assert [r.status for r in results] == [AppendStatus.REJECTED, AppendStatus.OK, AppendStatus.OK, AppendStatus.OK,
+                                           AppendStatus.CONFLICT, AppendStatus.CONFLICT]
+    assert any_redis.hgetall(account) == {b"note": b"x", b"version": b"2", b"a": b"1", b"b": b"", b"c": b"3"}
+    assert appender.append([fresh])[0].status is AppendStatus.OK  # the poisoning lasts one batch only
+    assert any_redis.hget(account, "version") == b"3"
+
+
+@pytest.mark.parametrize("count", ["-1", "1.5", "x", "nan"])
+def test_counts_must_be_non_negative_integers(any_redis, keys, count):
+    appender = Appender(any_redis, keys=keys)
+    script_keys, args = appender.encode([_deposit(keys, "a", 1, 0, 100), _deposit(keys, "b", 2, 0, 100)])
+    # the command count, the first command's n_accounts and n_fields, the second command's n_events and n_fields
+    for position in (2, 4, 11, 20, 26):
+        with pytest.raises(AppendError):
+            appender.run_encoded(script_keys, [*args[:position], count, *args[position + 1:]])
+    assert last_seq(any_redis, keys) == 0
+    assert any_redis.get(keys.command_outcome("a")) is None
