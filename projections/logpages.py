@@ -1,11 +1,10 @@
-"""Reading the log in large packed pages, for the bulk readers (rebuild, audit, diff catch-up).
+"""Reading the log in large pages, for the bulk readers (rebuild, audit, diff catch-up).
 
-redis-py's pure-Python reply parser costs more than everything else a rebuild or an audit does per event
-(about 20 µs for an entry of seven elements). A small read-only script returns a page as ONE string of
-length-prefixed fields (``<len>:<bytes>`` for id, seq, type and body of each entry), which Python splits in
-about a microsecond per entry. The fields are returned exactly as stored (a missing one as empty), so the
-auditor still sees every byte. Needs EVAL rights (operator/admin connections); the live projector, whose ACL
-role has no scripting, reads with :func:`eventstore.log.read_after`.
+Plain ``XRANGE`` pages, parsed by hiredis (a dependency) in C: about 2 µs an entry, server time included. An
+earlier version packed each page into one string with a Lua script; that cost the single-threaded server about
+6 µs an entry and the Python splitting 3 µs more, so it was the audit's bottleneck at a million events. The
+fields come back exactly as stored (the last value of a repeated field name, a missing one as empty), so the
+auditor still sees every byte. Needs only read rights on the log stream.
 """
 
 from __future__ import annotations
@@ -23,38 +22,16 @@ from eventstore.log import LogCorrupted
 
 PAGE = 500
 
-_SCRIPT = """
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]))
-local out = {}
-local n = 0
-for i = 1, #rows do
-  local fields = rows[i][2]
-  local seq, kind, body = '', '', ''
-  for j = 1, #fields, 2 do
-    local name = fields[j]
-    if name == 'seq' then seq = fields[j + 1]
-    elseif name == 'type' then kind = fields[j + 1]
-    elseif name == 'body' then body = fields[j + 1] end
-  end
-  local id = rows[i][1]
-  n = n + 1
-  out[n] = #id .. ':' .. id .. #seq .. ':' .. seq .. #kind .. ':' .. kind .. #body .. ':'
-  n = n + 1
-  out[n] = body
-end
-return {#rows, table.concat(out)}
-"""
-
 RawEntry = tuple[str, bytes, bytes, bytes]
 T = TypeVar("T")
 PREFETCH_DEPTH = 3
 
 
 class PageReader:
-    """Packed XRANGE pages of the log (one script registration per client)."""
+    """XRANGE pages of the log, raw (see :func:`raw_entries`)."""
 
     def __init__(self, client: redis.Redis, keys: Keys, *, page: int = PAGE) -> None:
-        self._script = client.register_script(_SCRIPT)
+        self._client = client
         self._keys = keys
         self.page = page
 
@@ -63,8 +40,8 @@ class PageReader:
         return self._page(f"({after_seq}-0", "+" if last is None else f"{last}-0", count or self.page)[0]
 
     def _page(self, start: str, end: str, count: int) -> tuple[list[RawEntry], int]:
-        rows, packed = self._script(keys=[self._keys.events], args=[start, end, count])
-        return unpack(packed), int(rows)
+        rows = self._client.xrange(self._keys.events, min=start, max=end, count=count)
+        return raw_entries(rows), len(rows)
 
     def raw_pages(self, start: str = "-", last: int | None = None) -> Iterator[list[RawEntry]]:
         """Pages of raw entries in stream order from ``start`` (an XRANGE bound) to ``last`` or the end."""
@@ -136,19 +113,12 @@ def prefetch(items: Iterator[T], depth: int = PREFETCH_DEPTH) -> Iterator[T]:
         stop.set()
 
 
-def unpack(packed: bytes) -> list[RawEntry]:
-    """Split ``<len>:<bytes>`` fields, four per entry."""
+def raw_entries(rows: list[tuple[bytes, dict[bytes, bytes]]]) -> list[RawEntry]:
+    """``(id, seq, type, body)`` of each XRANGE row; a missing field is empty."""
     out: list[RawEntry] = []
     append = out.append
-    find = packed.find
-    pos = 0
-    end = len(packed)
-    while pos < end:
-        fields = []
-        for _ in range(4):
-            colon = find(b":", pos)
-            size = int(packed[pos:colon])
-            pos = colon + 1 + size
-            fields.append(packed[colon + 1:pos])
-        append((fields[0].decode(), fields[1], fields[2], fields[3]))
+    empty = b""
+    for entry_id, fields in rows:
+        get = fields.get
+        append((entry_id.decode(), get(b"seq", empty), get(b"type", empty), get(b"body", empty)))
     return out
