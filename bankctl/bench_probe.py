@@ -14,10 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis
 
+from eventstore.envelope import parse_utc_timestamp
 from eventstore.keys import Keys
+from eventstore.log import head as log_head
 
 LAG_SAMPLE_EVERY_S = 0.1
 
@@ -42,20 +43,8 @@ def redis_used_memory(client: redis.Redis) -> int:
 
 def head(client: redis.Redis, keys: Keys) -> tuple[int, datetime | None]:
     """The last seq of the log and when its event occurred."""
-    raw = client.xrevrange(keys.events, max="+", min="-", count=1)
-    if not raw:
-        return 0, None
-    body = orjson.loads(raw[0][1][b"body"])
-    return int(raw[0][1][b"seq"]), _parse_time(body.get("occurred_at"))
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    seq, occurred_at = log_head(client, keys)
+    return seq, parse_utc_timestamp(occurred_at)
 
 
 def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
@@ -73,7 +62,7 @@ def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
         return None
     finally:
         conn.close()
-    return seq, _parse_time(row[0] if row else None)
+    return seq, parse_utc_timestamp(row[0] if row else None)
 
 
 @dataclass

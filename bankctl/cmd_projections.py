@@ -5,15 +5,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import orjson
 import redis
 
 from bankctl.output import BankctlError, Exit, emit, json_option, table
+from eventstore.envelope import parse_utc_timestamp
+from eventstore.log import head
 
 
 def _admin_client(settings: Any) -> redis.Redis:
@@ -28,24 +28,6 @@ def _vault(settings: Any, client: redis.Redis) -> Any:
     except (OSError, ValueError) as error:
         raise BankctlError(f"cannot read the master key: {error}", Exit.INVALID, "invalid_request") from error
     return PersonalDataVault(client, keys=settings.keys, master_key=master_key)
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _head(client: redis.Redis, keys: Any) -> tuple[int, str | None]:
-    raw = client.xrevrange(keys.events, max="+", min="-", count=1)
-    if not raw:
-        return 0, None
-    fields = raw[0][1]
-    body = orjson.loads(fields[b"body"])
-    return int(fields[b"seq"]), body.get("occurred_at")
 
 
 def database_status(name: str, path: Path, head_seq: int, head_at: str | None) -> dict[str, Any]:
@@ -65,7 +47,7 @@ def database_status(name: str, path: Path, head_seq: int, head_at: str | None) -
     checkpoint_at = row[0] if row else None
     lag_seconds = 0.0
     if checkpoint < head_seq:
-        newest, ours = _parse_time(head_at), _parse_time(checkpoint_at)
+        newest, ours = parse_utc_timestamp(head_at), parse_utc_timestamp(checkpoint_at)
         lag_seconds = (newest - ours).total_seconds() if newest and ours else None  # type: ignore[assignment]
     out.update(checkpoint=checkpoint, checkpoint_at=checkpoint_at, lag_events=head_seq - checkpoint,
                lag_seconds=None if lag_seconds is None else round(lag_seconds, 3))
@@ -84,7 +66,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     """Each database's checkpoint, the log head, and the lag in events and seconds."""
     settings = ctx.obj
     try:
-        head_seq, head_at = _head(_admin_client(settings), settings.keys)
+        head_seq, head_at = head(_admin_client(settings), settings.keys)
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
         raise BankctlError(f"the bank is not reachable ({error})", Exit.UNAVAILABLE, "unavailable") from error
     databases = [database_status(f"database{n}", settings.database_path(n), head_seq, head_at) for n in (1, 2)]

@@ -71,6 +71,16 @@ def utc_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_utc_timestamp(text: str | None) -> datetime | None:
+    """The moment an ``occurred_at`` names, or ``None`` for a missing or malformed one."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def split_body_around_seq(body_without_seq: dict[str, Any]) -> tuple[bytes, bytes]:
     """Encode an envelope whose ``seq`` is not yet known into ``(prefix, suffix)``.
 

@@ -37,6 +37,15 @@ def last_seq(client: redis.Redis, keys: Keys) -> int:
     return int(value) if value is not None else 0
 
 
+def head(client: redis.Redis, keys: Keys) -> tuple[int, str | None]:
+    """The seq of the newest entry and its ``occurred_at`` (``(0, None)`` for an empty log)."""
+    raw = client.xrevrange(keys.events, max="+", min="-", count=1)
+    if not raw:
+        return 0, None
+    stored = _decode_entry(*raw[0])
+    return stored.seq, stored.payload().get("occurred_at")
+
+
 def read_range(
     client: redis.Redis, keys: Keys, first_seq: int, last: int | None = None, *, count: int = DEFAULT_PAGE
 ) -> list[StoredEvent]:
