@@ -241,7 +241,6 @@ class QueryServer:
                 dropped.append(entry_id)
             else:
                 queries.append(query)
-        self.group.ack(dropped, delete=True)
         sessions = self.sessions.authenticate_many([q.fields for q in queries], now=time.time())
         principals = [s.principal if s else None for s in sessions]
         replies: dict[str, dict[str, Any]] = {}
@@ -253,16 +252,28 @@ class QueryServer:
                 replies[query.entry_id] = refusal(refused.code, refused.message)
         self._answer(waiting, replies)
         answered = [q for q in queries if q.entry_id in replies]
-        if answered:
-            pipe = self.client.pipeline(transaction=False)
-            for query in answered:
-                reply_key = self.keys.reply(query.request_id)
-                pipe.rpush(reply_key, orjson.dumps(replies[query.entry_id]))
-                pipe.expire(reply_key, REPLY_TTL_S)
-            pipe.execute()
-            self.group.ack([q.entry_id for q in answered], delete=True)
+        self._reply_and_ack(answered, replies, dropped)
         self.counters["answered"] += len(answered)
         return len(answered)
+
+    def _reply_and_ack(self, answered: list[Query], replies: Mapping[str, dict[str, Any]], dropped: list[str]) -> None:
+        """Replies, then XACK + XDEL of those and of the dropped entries, in ONE round trip.
+
+        With ``appendfsync always`` every write command costs Redis an AOF fsync before it answers anyone, so the
+        former three round trips (drop, reply, ack) put up to three fsyncs on each batch's path before the next
+        read. A pipeline runs in order: a reply is still pushed before its entry is acknowledged.
+        """
+        done = dropped + [q.entry_id for q in answered]
+        if not done:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for query in answered:
+            reply_key = self.keys.reply(query.request_id)
+            pipe.rpush(reply_key, orjson.dumps(replies[query.entry_id]))
+            pipe.expire(reply_key, REPLY_TTL_S)
+        pipe.xack(self.keys.queries, GROUP, *done)
+        pipe.xdel(self.keys.queries, *done)
+        pipe.execute()
 
     def _answer(self, waiting: list[tuple[Query, int | None]], replies: dict[str, dict[str, Any]]) -> None:
         """Answer every query whose ``min_seq`` is reached; wait (bounded) for the others."""
