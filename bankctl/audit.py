@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from eventstore.envelope import EVENT_TYPES, SCHEMA_VERSION, Event
 from eventstore.keys import Keys
+from eventstore.log_pages import PageReader
 from eventstore.seals import (
     GENESIS,
     LEAF_BYTES,
@@ -45,7 +46,6 @@ from eventstore.seals import (
     read_seals,
     verify_seal,
 )
-from projections.logpages import PageReader
 from projections.schema import DatabaseUnusable, open_readonly, read_checkpoint
 
 EXPORT_FORMAT = "fintech-fortress-audit"
@@ -618,7 +618,7 @@ class Auditor:
 
 
 def redis_entries(client: redis.Redis, keys: Keys, *, page: int = PAGE) -> Iterator[RawEntry]:
-    """Every entry exactly as stored, in stream order (pages: see :mod:`projections.logpages`)."""
+    """Every entry exactly as stored, in stream order (pages: see :mod:`eventstore.log_pages`)."""
     return PageReader(client, keys, page=page).entries()
 
 

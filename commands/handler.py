@@ -31,6 +31,7 @@ import redis
 from nacl.public import PrivateKey
 
 from auth_zkp.authz import permission_error
+from auth_zkp.login import AuthService
 from auth_zkp.principal import Principal
 from auth_zkp.sessions import AuthenticatedSession, SessionStore
 from commands.decide import Context, Decision, EventDraft, Reason, Rejection, decide, touched_accounts
@@ -39,7 +40,6 @@ from commands.prepare import Origin, prepare_decision, prepare_rejection
 from commands.requests import (
     MalformedRequest,
     ParsedRequest,
-    auth_request_types,
     parse_entry,
     redacted_fields,
 )
@@ -159,7 +159,7 @@ class CommandHandler:
         self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
         self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s, ack_group=GROUP)
         self.state_loader = StateLoader(client, keys=keys)
-        self.auth_types = auth_request_types()
+        self.auth = AuthService(client, keys=keys, vault=vault, server_id=server_id, sessions=self.sessions)
         self.counters: dict[str, int] = {
             "processed": 0, "events": 0, "rejected": 0, "refused": 0, "dead": 0, "dups": 0, "conflicts": 0,
             "claimed": 0, "batches": 0,
@@ -168,7 +168,6 @@ class CommandHandler:
         self._recovering = True
         self._last_claim = 0.0
         self._claim_cursor = "0-0"
-        self._auth: Any = None
 
     # ------------------------------------------------------------------ reading
 
@@ -240,8 +239,7 @@ class CommandHandler:
                 self._dead_letter(entry_id, fields, f"delivered {delivered} times without being settled", batch)
                 continue
             try:
-                parsed.append(parse_entry(entry_id, fields, auth_types=self.auth_types,
-                                          transport_key=self.transport_key))
+                parsed.append(parse_entry(entry_id, fields, transport_key=self.transport_key))
             except MalformedRequest as error:
                 self._dead_letter(entry_id, fields, error.reason, batch, request_id=error.request_id)
         self.counters["batches"] += 1
@@ -326,7 +324,7 @@ class CommandHandler:
             return None
         if isinstance(request.command, ChangePassword):
             command = request.command
-            check = self._auth_service().check_proof(command.account, command.proof, now)
+            check = self.auth.check_proof(command.account, command.proof, now)
             if not check.ok:
                 self.counters["refused"] += 1
                 refusal = _refusal(check.code or Reason.INVALID_PROOF, check.message or "the password is wrong",
@@ -337,19 +335,11 @@ class CommandHandler:
                 return None
         return Work(request, principal, principal.name)
 
-    def _auth_service(self) -> Any:
-        if self._auth is None:
-            from auth_zkp.login import AuthService  # engineer C's module; imported only when needed
-
-            self._auth = AuthService(self.client, keys=self.keys, vault=self.vault, server_id=self.server_id,
-                                     sessions=self.sessions)
-        return self._auth
-
     def _login_request(
         self, request: ParsedRequest, session: AuthenticatedSession | None, now: float, batch: Batch
     ) -> Work | None:
         assert request.payload is not None
-        reply = dict(self._auth_service().handle(request.type, request.payload, session, now))
+        reply = dict(self.auth.handle(request.type, request.payload, session, now))
         lock = reply.pop("_lock_event", None)
         if not lock:
             batch.reply(request.request_id, reply)

@@ -135,10 +135,6 @@ Command = Annotated[
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
-COMMAND_TYPES = frozenset(
-    {"OpenAccount", "Deposit", "Withdraw", "Transfer", "CloseAccount", "UpdateProfile", "ChangePassword",
-     "EraseCustomer"}
-)
 
 
 def parse_command(payload: bytes | str) -> Command:

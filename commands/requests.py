@@ -16,6 +16,7 @@ import orjson
 import pydantic
 from nacl.public import PrivateKey
 
+from auth_zkp.login import AUTH_REQUEST_TYPES
 from commands.models import (
     ChangePassword,
     CloseAccount,
@@ -38,20 +39,8 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
     for model in (OpenAccount, Deposit, Withdraw, Transfer, CloseAccount, UpdateProfile, ChangePassword,
                   EraseCustomer)
 }
-DEFAULT_AUTH_REQUEST_TYPES = frozenset({"LoginStart", "LoginFinish", "Logout"})
 PERSONAL_PAYLOAD_FIELDS = frozenset({"ssn", "phone", "first_name", "last_name", "credential", "proof", "password",
                                      "response", "secret"})
-
-
-def auth_request_types() -> frozenset[str]:
-    """The login protocol's request types (owned by ``auth_zkp.login``; a fallback while it is absent)."""
-    try:
-        from auth_zkp.login import AUTH_REQUEST_TYPES
-    except ModuleNotFoundError as error:
-        if error.name not in ("auth_zkp.login", "auth_zkp"):
-            raise
-        return DEFAULT_AUTH_REQUEST_TYPES
-    return frozenset(AUTH_REQUEST_TYPES)
 
 
 class MalformedRequest(ValueError):
@@ -103,7 +92,6 @@ def parse_entry(
     entry_id: str,
     fields: dict[bytes, bytes],
     *,
-    auth_types: frozenset[str] = DEFAULT_AUTH_REQUEST_TYPES,
     transport_key: PrivateKey | None = None,
 ) -> ParsedRequest:
     """Validate one stream entry; raises :class:`MalformedRequest`."""
@@ -118,7 +106,7 @@ def parse_entry(
     if raw_type is None:
         raise MalformedRequest("missing field type", request_id)
     request_type = raw_type.decode("ascii", errors="replace")
-    if request_type not in MODELS and request_type not in auth_types:
+    if request_type not in MODELS and request_type not in AUTH_REQUEST_TYPES:
         raise MalformedRequest(f"unknown request type {request_type[:64]!r}", request_id)
 
     session = None

@@ -87,8 +87,9 @@ class Keys:
     def challenge(self, challenge_id: str) -> str:
         return self._k(f"chal:{challenge_id}")
 
-    def session(self, token_hash: str) -> str:
-        return self._k(f"sess:{token_hash}")
+    def session(self, session_id: str) -> str:
+        """A session record: principal and wrapped key (see auth_zkp.sessions)."""
+        return self._k(f"sess:{session_id}")
 
     def login_failures(self, account_id: int) -> str:
         return self._k(f"fail:{account_id}")

@@ -24,8 +24,8 @@ import redis
 from eventstore.envelope import StoredEvent
 from eventstore.keys import Keys
 from eventstore.log import read_after
+from eventstore.log_pages import PageReader
 from projections.database import SIDE_FILES, side_file
-from projections.logpages import PageReader
 from projections.schema import BUSY_TIMEOUT_MS, connect
 from projections.store import write_batch
 

@@ -26,6 +26,12 @@ def _require_redis_server() -> None:
         pytest.skip("redis-server not installed")
 
 
+@pytest.fixture(scope="session")
+def needs_redis_server() -> None:
+    """Every test that starts its own redis-server asks for this: a failure in CI, a skip elsewhere."""
+    _require_redis_server()
+
+
 @pytest.fixture
 def keys() -> Keys:
     return Keys()
@@ -40,9 +46,8 @@ def fake_redis() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory, needs_redis_server: None) -> Iterator[RedisProcess]:
     """One real redis-server for the whole session (tests flush it through ``real_redis``)."""
-    _require_redis_server()
     handle = start_redis(tmp_path_factory.mktemp("redis"), fsync="everysec")
     yield handle
     handle.stop()
@@ -57,9 +62,8 @@ def real_redis(redis_server: RedisProcess) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+def private_redis(tmp_path: Path, needs_redis_server: None) -> Iterator[RedisProcess]:
     """A redis-server of this test alone, AOF always: for SIGKILL/restart and persistence tests."""
-    _require_redis_server()
     handle = start_redis(tmp_path / "redis", fsync="always")
     yield handle
     handle.kill()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 
 import orjson
@@ -27,11 +26,7 @@ FAST = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
 
 
 @pytest.fixture(scope="module")
-def acl_server(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI")
-        pytest.skip("redis-server not installed")
+def acl_server(tmp_path_factory, needs_redis_server):
     data_dir = tmp_path_factory.mktemp("acl-bank")
     acl_file = write_acl_file(data_dir)
     handle = start_redis(data_dir / "redis", fsync="everysec", acl_file=acl_file,
@@ -184,10 +179,8 @@ def test_notifier_and_sealer(connect, keys):
         sealer.xadd(keys.events, {"a": 1})
 
 
-def test_appended_events_survive_a_restart_with_acls(tmp_path, keys):
+def test_appended_events_survive_a_restart_with_acls(tmp_path, keys, needs_redis_server):
     """Redis 7.0 replays AOF transactions as the default user: it must stay off but keep its rights."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
     from bankctl.embedded_redis import restart
 
     acl_file = write_acl_file(tmp_path)

@@ -6,7 +6,6 @@ The real command handler serves in a thread, connected as the ``handler`` ACL us
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import threading
 import time
@@ -32,9 +31,7 @@ def _serve(handler: CommandHandler, stop: threading.Event) -> None:
 
 
 @pytest.fixture
-def bank_dir(tmp_path, monkeypatch):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
+def bank_dir(tmp_path, monkeypatch, needs_redis_server):
     monkeypatch.delenv("BANKCTL_REDIS_URL", raising=False)
     monkeypatch.delenv("BANKCTL_PROFILE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -11,7 +9,7 @@ from click.testing import CliRunner
 from bankctl.bench_suite import BenchOptions, paced_clients, run_bench
 from bankctl.cmd_bench import bench, render
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+pytestmark = pytest.mark.usefixtures("needs_redis_server")
 
 TINY = BenchOptions(accounts=20, clients=2, window=50, operations=300, sequential_clients=(1,),
                     sequential_operations=60, rates=(200.0,), paced_seconds=0.5, query_rate=100.0, runs=1,

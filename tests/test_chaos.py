@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 
 import pytest
 from hypothesis import given, settings
@@ -117,11 +116,7 @@ def test_query_check_compares_answers_with_the_log_at_their_seq() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(280)
-def test_short_chaos_profile_finds_nothing() -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI")
-        pytest.skip("redis-server not installed")
+def test_short_chaos_profile_finds_nothing(needs_redis_server: None) -> None:
     seed = int(os.environ.get("BANKCTL_CHAOS_SEED") or secrets.randbelow(1_000_000))
     report = ChaosRun(seed, PROFILES["short"]).run()
     assert report.ok, (f"chaos seed {seed} (replay: bankctl chaos --runs 1 --seed {seed}): "

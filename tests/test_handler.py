@@ -237,7 +237,7 @@ class FakeAuth:
 def test_login_requests_go_to_the_auth_service_and_a_lockout_is_an_event(fake_redis, keys, handler):
     [a] = open_accounts(fake_redis, keys, handler, 1)
     auth = FakeAuth()
-    handler._auth = auth
+    handler.auth = auth
     start = run_command(fake_redis, keys, handler, "LoginStart", {"account": a}, None)
     assert start == {"ok": True, "challenge_id": "c" * 32}
     finish = run_command(fake_redis, keys, handler, "LoginFinish", {"account": a}, None)
@@ -250,7 +250,7 @@ def test_login_requests_go_to_the_auth_service_and_a_lockout_is_an_event(fake_re
 
 def test_change_password_needs_a_valid_proof(fake_redis, keys, handler):
     [a] = open_accounts(fake_redis, keys, handler, 1)
-    handler._auth = FakeAuth()
+    handler.auth = FakeAuth()
     me = session_for(fake_redis, keys, a)
     new = open_payload(1)["credential"]
     bad = run_command(fake_redis, keys, handler, "ChangePassword",

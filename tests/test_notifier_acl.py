@@ -19,7 +19,7 @@ from notifier.status import notifier_status
 from notifier.worker import Notifier
 
 
-def test_outbox_and_twilio_paths_need_no_more_than_the_notifier_role(tmp_path, keys):
+def test_outbox_and_twilio_paths_need_no_more_than_the_notifier_role(tmp_path, keys, needs_redis_server):
     data_dir = tmp_path / "data"
     acl = write_acl_file(data_dir, keys)
     server = start_redis(tmp_path / "redis", fsync="everysec", acl_file=acl,

@@ -58,9 +58,7 @@ def _keyspace_dump(client: redis.Redis) -> bytes:
 
 
 @pytest.fixture
-def scenario(tmp_path: Path):
-    if not os.environ.get("CI") and subprocess.run(["which", "redis-server"], capture_output=True).returncode:
-        pytest.skip("redis-server not installed")
+def scenario(tmp_path: Path, needs_redis_server):
     data = tmp_path / "data"
     env = {**os.environ, "BANKCTL_DATA_DIR": str(data), "XDG_CONFIG_HOME": str(tmp_path / "config"),
            "BANKCTL_LOG_LEVEL": "DEBUG"}

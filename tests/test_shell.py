@@ -9,16 +9,14 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import orjson
+import pexpect
 import pytest
 
 from tests.helpers_bank import ROOT
-
-pexpect = pytest.importorskip("pexpect")
 
 pytestmark = [pytest.mark.redis_server]
 
@@ -29,9 +27,7 @@ WAIT_S = 20  # per expect: generous for a noisy 2-core machine
 
 
 @pytest.fixture(scope="module")
-def bank(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not installed")
+def bank(tmp_path_factory, needs_redis_server):
     base = tmp_path_factory.mktemp("shell")
     env = {**os.environ, "BANKCTL_DATA_DIR": str(base / "var"), "XDG_CONFIG_HOME": str(base / "cfg"),
            "BANKCTL_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT), "TERM": "dumb"}
