@@ -1,9 +1,10 @@
 """Load generators for ``bankctl bench``: client processes driving deposits, withdrawals and transfers.
 
-Three shapes: ``sequential`` (one request in flight per client), ``batched`` (a pipelined window of requests
-per client) and ``paced`` (an open-loop rate per client; latency is measured from each request's *scheduled*
-send time, so a stall is not hidden by coordinated omission). ``queries`` is ``paced`` with read requests
-(``balance`` and ``history``) on ``{bank}:queries`` instead of commands.
+Four shapes: ``sequential`` (one request in flight per client); ``batched`` (batch requests of
+:data:`BATCH_COMMANDS` commands, one customer's each, ``window`` commands in flight per client); ``pipelined``
+(a window of single-command requests per client); ``paced`` (an open-loop rate per client; latency is measured
+from each request's *scheduled* send time, so a stall is not hidden by coordinated omission). ``queries`` is
+``paced`` with read requests (``balance`` and ``history``) on ``{bank}:queries`` instead of commands.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,10 +23,11 @@ from typing import Any
 
 import redis
 
-from commands.client import BankClient, Request
+from commands.client import BankClient, Request, batch_request, batch_results
 from eventstore.keys import Keys
 
 OPEN_BATCH = 200
+BATCH_COMMANDS = 250
 OPEN_LOOP_THREADS = 32
 
 
@@ -120,6 +123,8 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
         time.sleep(0.001)
     began = time.perf_counter()
     if mode == "batched":
+        _run_batches(stats, bank, keys, rng, own, everyone, operations=operations, window=window)
+    elif mode == "pipelined":
         done = 0
         while done < operations:
             batch = [_next_request(rng, own, everyone) for _ in range(min(window, operations - done))]
@@ -148,6 +153,31 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             stats.sent += 1
     stats.elapsed_s = time.perf_counter() - began
     return stats
+
+
+def _run_batches(stats: ClientStats, bank: BankClient, keys: Keys, rng: random.Random, own: list[tuple[int, str]],
+                 everyone: list[int], *, operations: int, window: int) -> None:
+    """Batch requests (one customer's commands each), ``window`` commands in flight: a new batch goes out as soon
+    as the oldest one is answered. Latency is per batch, from its send to its reply."""
+    in_flight: deque[tuple[str, list[Request], float]] = deque()
+    size = min(BATCH_COMMANDS, max(1, window))
+    depth = max(1, window // size)
+    done = 0
+    while done < operations or in_flight:
+        while done < operations and len(in_flight) < depth:
+            account, token = own[rng.randrange(len(own))]
+            count = min(size, operations - done)
+            commands = [_next_request(rng, [(account, token)], everyone) for _ in range(count)]
+            [request_id] = bank.submit_many(keys.commands, [batch_request(commands, session=token)])
+            in_flight.append((request_id, commands, time.perf_counter()))
+            done += count
+        request_id, commands, sent_at = in_flight.popleft()
+        [reply] = bank.wait_many([request_id], timeout_s=20)
+        stats.latencies_ms.append((time.perf_counter() - sent_at) * 1000)
+        outcomes = batch_results(reply, len(commands)) if reply is not None else [None] * len(commands)
+        for request, outcome in zip(commands, outcomes, strict=True):
+            _tally(stats, request, outcome)
+        stats.sent += len(commands)
 
 
 def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random.Random, own: list[tuple[int, str]],

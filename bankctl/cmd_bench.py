@@ -42,7 +42,9 @@ def render(report: dict[str, Any]) -> str:
         f"{m['python']}, Redis {m['redis']} (appendfsync {report['fsync']}); load average at start "
         f"{' '.join(str(x) for x in m['load_average_at_start'])}",
         f"{opts['accounts']} accounts; medians of {opts['runs']} runs; batched = {opts['clients']} client processes "
-        f"x {opts['window']} requests in flight; sequential = one request in flight per client; paced = "
+        f"x {opts['window']} commands in flight as batch requests (one customer's commands each, one reply per "
+        f"request); pipelined = the same window of single-command requests; sequential = one request in flight "
+        "per client; paced = "
         f"open loop, each client process offers up to {opts['paced_client_rate']:,.0f}/s on a fixed schedule from "
         "a pool of connections, latency from each request's scheduled send time",
         "",
@@ -102,10 +104,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 @click.command("bench")
-@click.option("--accounts", default=1000, show_default=True, help="Customer accounts to open.")
+@click.option("--accounts", default=10_000, show_default=True, help="Customer accounts to open (fewer: more "
+              "version conflicts between the two handlers, see the handler split).")
 @click.option("--clients", default=2, show_default=True, help="Client processes for batched and paced runs.")
-@click.option("--window", default=500, show_default=True, help="Requests in flight per client in batched mode.")
-@click.option("--operations", default=40_000, show_default=True, help="Commands per batched run (all clients).")
+@click.option("--window", default=1000, show_default=True,
+              help="Commands in flight per client in batched and pipelined modes.")
+@click.option("--operations", default=60_000, show_default=True,
+              help="Commands per batched or pipelined run (all clients).")
 @click.option("--sequential-clients", multiple=True, type=int, help="Clients of a sequential run (repeatable; "
               "default 1 and 4).")
 @click.option("--sequential-operations", default=5_000, show_default=True, help="Commands per sequential run.")

@@ -17,6 +17,7 @@ import orjson
 import redis
 
 from auth_zkp.sessions import sign_request
+from commands.requests import BATCH_TYPE, MAX_BATCH_COMMANDS
 from eventstore.keys import Keys
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -58,6 +59,21 @@ class Request:
         return out
 
 
+def batch_request(requests: Sequence[Request], *, session: str | None) -> Request:
+    """One signed ``Batch`` request carrying ``requests``; each keeps its own command id (and so its idempotency)."""
+    assert 0 < len(requests) <= MAX_BATCH_COMMANDS, "a batch holds 1 to MAX_BATCH_COMMANDS commands"
+    return Request(BATCH_TYPE, {"commands": [
+        {"command_id": r.command_id, "command": {**r.payload, "type": r.type}} for r in requests]}, session=session)
+
+
+def batch_results(reply: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """Each command's outcome from a batch reply; a refusal of the whole batch is every command's outcome."""
+    results = reply.get("results")
+    if isinstance(results, list) and len(results) == count:
+        return results
+    return [reply] * count
+
+
 class BankClient:
     """Sends commands and queries and waits for their replies."""
 
@@ -76,6 +92,10 @@ class BankClient:
 
     def command(self, request: Request) -> dict[str, Any]:
         return self._roundtrip(self.keys.commands, request)
+
+    def command_batch(self, requests: Sequence[Request], *, session: str | None) -> list[dict[str, Any]]:
+        """Send up to :data:`MAX_BATCH_COMMANDS` commands as one request; their outcomes, in order."""
+        return batch_results(self.command(batch_request(requests, session=session)), len(requests))
 
     def query(self, request: Request) -> dict[str, Any]:
         return self._roundtrip(self.keys.queries, request)

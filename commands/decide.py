@@ -152,7 +152,7 @@ def decide_deposit(command: Deposit, state: AccountState) -> Outcome:
     balance = state.balance + command.amount
     if balance > MAX_BALANCE_CENTS:
         return Rejection(Reason.BALANCE_LIMIT, "deposit would exceed the maximum balance")
-    new = state.bump(balance=balance)
+    new = state.with_balance(balance)
     event = EventDraft(
         "MoneyDeposited", (state.account_id,),
         {"account": state.account_id, "amount": command.amount, "balance_after": balance},
@@ -165,7 +165,7 @@ def decide_withdraw(command: Withdraw, state: AccountState) -> Outcome:
         return problem
     if command.amount > state.balance:
         return Rejection(Reason.INSUFFICIENT_FUNDS, f"insufficient funds in account {state.account_id}")
-    new = state.bump(balance=state.balance - command.amount)
+    new = state.with_balance(state.balance - command.amount)
     event = EventDraft(
         "MoneyWithdrawn", (state.account_id,),
         {"account": state.account_id, "amount": command.amount, "balance_after": new.balance},
@@ -184,8 +184,8 @@ def decide_transfer(command: Transfer, source: AccountState, target: AccountStat
         return Rejection(Reason.INSUFFICIENT_FUNDS, f"insufficient funds in account {source.account_id}")
     if target.balance + command.amount > MAX_BALANCE_CENTS:
         return Rejection(Reason.BALANCE_LIMIT, "transfer would exceed the target's maximum balance")
-    new_source = source.bump(balance=source.balance - command.amount)
-    new_target = target.bump(balance=target.balance + command.amount)
+    new_source = source.with_balance(source.balance - command.amount)
+    new_target = target.with_balance(target.balance + command.amount)
     event = EventDraft(
         "MoneyTransferred",
         (source.account_id, target.account_id),

@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,12 @@ from commands.prepare import Origin, prepare_decision, prepare_rejection
 from commands.requests import (
     MalformedRequest,
     ParsedRequest,
-    parse_entry,
+    parse_entries,
     redacted_fields,
 )
 from commands.state import AccountState
 from commands.state_loader import StateLoader
-from eventstore.append import Appender, AppendStatus, PreparedCommand
+from eventstore.append import MAX_COMMANDS_PER_APPEND, Appender, AppendResult, AppendStatus, PreparedCommand
 from eventstore.connection import MAX_BLOCK_MS, connect
 from eventstore.envelope import utc_timestamp
 from eventstore.groups import ConsumerGroup, Entry
@@ -68,6 +68,8 @@ class HandlerConfig:
     """Every limit of the handler, explicit (TigerBeetle style)."""
 
     batch_size: int = 256
+    commands_per_poll: int = 256  # fewer entries are read while they are batches, so a poll stays short
+    append_chunk: int = 64  # commands per script call; the next chunk is decided while Redis runs one
     block_ms: int = 1000
     failover_ms: int = 2000
     claim_every_s: float = 1.0
@@ -78,6 +80,7 @@ class HandlerConfig:
 
     def __post_init__(self) -> None:
         assert 0 < self.batch_size <= 512, "a batch must fit one append call"
+        assert 0 < self.append_chunk <= MAX_COMMANDS_PER_APPEND, "a chunk must fit one append call"
         assert 0 <= self.block_ms <= MAX_BLOCK_MS, "BLOCK must stay below the socket timeout"
 
 
@@ -115,11 +118,29 @@ class Batch:
     ack_ids: list[str] = field(default_factory=list)
     acked_by_script: set[str] = field(default_factory=set)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
+    batch_replies: dict[str, list[bytes | None]] = field(default_factory=dict)  # by request id, in command order
     revoke: set[int] = field(default_factory=set)
     erase: set[int] = field(default_factory=set)
 
     def reply(self, request_id: str, body: dict[str, Any] | bytes) -> None:
         self.replies.append((request_id, body if isinstance(body, bytes) else orjson.dumps(body)))
+
+    def answer(self, request: ParsedRequest, body: dict[str, Any] | bytes) -> None:
+        """The outcome of one request: its own reply, or its place in its batch's reply."""
+        if request.batch_index is None:
+            self.reply(request.request_id, body)
+        else:
+            self.batch_replies[request.request_id][request.batch_index] = (
+                body if isinstance(body, bytes) else orjson.dumps(body))
+
+    def encoded_batch_replies(self) -> list[tuple[str, bytes]]:
+        """One reply per batch request: ``{"ok": true, "results": [...]}`` in the order the commands came."""
+        out = []
+        missing = orjson.dumps(_refusal("internal_error", "internal error: no outcome"))
+        for request_id, bodies in self.batch_replies.items():
+            results = b",".join(body if body is not None else missing for body in bodies)
+            out.append((request_id, b'{"ok":true,"results":[' + results + b"]}"))
+        return out
 
 
 def _refusal(code: str, message: str, command_id: str | None = None) -> dict[str, Any]:
@@ -168,6 +189,7 @@ class CommandHandler:
         self._recovering = True
         self._last_claim = 0.0
         self._claim_cursor = "0-0"
+        self._commands_per_entry = 1.0
 
     # ------------------------------------------------------------------ reading
 
@@ -194,7 +216,8 @@ class CommandHandler:
         return len(entries)
 
     def _fetch(self, block_ms: int | None) -> tuple[list[Entry], dict[str, int]]:
-        count = self.config.batch_size
+        # entries holding batches of commands: read fewer, so one poll settles well within the failover time
+        count = max(1, min(self.config.batch_size, round(self.config.commands_per_poll / self._commands_per_entry)))
         if self._recovering:
             entries = self.group.read_own_pending(count=count)
             if entries:
@@ -239,9 +262,20 @@ class CommandHandler:
                 self._dead_letter(entry_id, fields, f"delivered {delivered} times without being settled", batch)
                 continue
             try:
-                parsed.append(parse_entry(entry_id, fields, transport_key=self.transport_key))
+                requests = parse_entries(entry_id, fields, transport_key=self.transport_key)
             except MalformedRequest as error:
                 self._dead_letter(entry_id, fields, error.reason, batch, request_id=error.request_id)
+                continue
+            if requests[0].batch_index is not None:
+                batch.ack_ids.append(entry_id)
+                batch.batch_replies[requests[0].request_id] = [None] * len(requests)
+            for request in requests:
+                if request.error is None:
+                    parsed.append(request)
+                else:
+                    self.counters["refused"] += 1
+                    batch.answer(request, _refusal("malformed_request", request.error, request.command_id))
+        self._commands_per_entry = max(1.0, len(parsed) / len(entries))
         self.counters["batches"] += 1
         if parsed:
             self._settle(parsed, batch)
@@ -267,8 +301,8 @@ class CommandHandler:
                 work = self._admit(request, preload.sessions.get(request.entry_id), now, batch)
             except Exception as error:  # one bad request never stops the bank
                 log.exception("%s: request %s failed", self.name, request.entry_id)
-                batch.reply(request.request_id, _refusal("internal_error", f"internal error: {type(error).__name__}",
-                                                         request.command_id))
+                batch.answer(request, _refusal("internal_error", f"internal error: {type(error).__name__}",
+                                               request.command_id))
                 continue
             if work is not None:
                 works.append(work)
@@ -282,7 +316,8 @@ class CommandHandler:
         decision round uses these states, later rounds reload. New account ids are still drawn only for
         admitted ``OpenAccount`` commands (see :meth:`_decide_and_append`).
         """
-        session_ids = self.sessions.session_ids([r.fields for r in requests])
+        entries = list({r.entry_id: r for r in requests}.values())  # a batch's members share one signed entry
+        session_ids = self.sessions.session_ids([r.fields for r in entries])
         distinct = sorted({i for i in session_ids if i})
         commands = [r for r in requests if r.command is not None]
         accounts = {a for r in commands if not isinstance(r.command, OpenAccount)
@@ -297,8 +332,8 @@ class CommandHandler:
         out = Preload()
         if distinct:
             records = dict(zip(distinct, results.pop(0), strict=True))
-            checked = self.sessions.verify_many([r.fields for r in requests], session_ids, records, now=now)
-            out.sessions = {r.entry_id: s for r, s in zip(requests, checked, strict=True) if s is not None}
+            checked = self.sessions.verify_many([r.fields for r in entries], session_ids, records, now=now)
+            out.sessions = {r.entry_id: s for r, s in zip(entries, checked, strict=True) if s is not None}
         if commands:
             out.outcomes = {r.command_id: stored for r, stored in zip(commands, results.pop(0), strict=True)}
         if ordered:
@@ -313,14 +348,14 @@ class CommandHandler:
             return self._login_request(request, session, now, batch)
         if session is None:
             self.counters["refused"] += 1
-            batch.reply(request.request_id, _refusal(Reason.UNAUTHENTICATED, "not logged in: run 'bankctl login'",
-                                                     request.command_id))
+            batch.answer(request, _refusal(Reason.UNAUTHENTICATED, "not logged in: run 'bankctl login'",
+                                           request.command_id))
             return None
         principal = session.principal
         denied = permission_error(principal, request.type, request.account)
         if denied is not None:
             self.counters["refused"] += 1
-            batch.reply(request.request_id, _refusal(Reason.NOT_PERMITTED, denied, request.command_id))
+            batch.answer(request, _refusal(Reason.NOT_PERMITTED, denied, request.command_id))
             return None
         if isinstance(request.command, ChangePassword):
             command = request.command
@@ -331,7 +366,7 @@ class CommandHandler:
                                    request.command_id)
                 if check.lock_event:
                     return self._lock_work(request, check.lock_event, refusal)
-                batch.reply(request.request_id, refusal)
+                batch.answer(request, refusal)
                 return None
         return Work(request, principal, principal.name)
 
@@ -395,21 +430,9 @@ class CommandHandler:
                     states.update(self._load(needed - states.keys()))
             else:
                 states = self._load(needed)
-            prepared: list[tuple[Work, PreparedCommand]] = []
-            overlay = dict(states)
-            for work in live:
-                try:
-                    item = self._prepare(work, overlay, occurred_at)
-                except Exception as error:  # a decider or sealing bug must not take the batch down
-                    log.exception("%s: command %s failed", self.name, work.request.command_id)
-                    batch.reply(work.request.request_id, _refusal(
-                        "internal_error", f"internal error: {type(error).__name__}", work.request.command_id))
-                    continue
-                prepared.append((work, item))
-            results = self.appender.append([item for _, item in prepared])
-            live = []
-            for (work, item), result in zip(prepared, results, strict=True):
-                if result.status is AppendStatus.CONFLICT:
+            round_works, live = live, []
+            for work, item, result in self._prepare_and_append(round_works, dict(states), occurred_at, batch):
+                if result is None or result.status is AppendStatus.CONFLICT:
                     self.counters["conflicts"] += 1
                     live.append(work)
                     continue
@@ -419,12 +442,64 @@ class CommandHandler:
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
                     self._after_duplicate(work, batch)
-                elif result.status is AppendStatus.REJECTED:
+                    continue
+                if not item.push_reply:
+                    batch.answer(work.request, item.reply_for(result))
+                if result.status is AppendStatus.REJECTED:
                     self.counters["rejected"] += 1
                 else:
                     self._after_success(work, batch)
         if live:
             self._give_up(live, batch)
+
+    def _prepare_chunk(
+        self, works: Sequence[Work], overlay: dict[int, AccountState], occurred_at: str, batch: Batch
+    ) -> list[tuple[Work, PreparedCommand]]:
+        prepared = []
+        for work in works:
+            try:
+                prepared.append((work, self._prepare(work, overlay, occurred_at)))
+            except Exception as error:  # a decider or sealing bug must not take the batch down
+                log.exception("%s: command %s failed", self.name, work.request.command_id)
+                batch.answer(work.request, _refusal(
+                    "internal_error", f"internal error: {type(error).__name__}", work.request.command_id))
+        return prepared
+
+    def _prepare_and_append(
+        self, works: list[Work], overlay: dict[int, AccountState], occurred_at: str, batch: Batch
+    ) -> list[tuple[Work, PreparedCommand, AppendResult | None]]:
+        """Decide and append a round's commands in order, in chunks: the next chunk is decided while Redis runs
+        the script for the current one, so the handler's CPU and Redis work at the same time.
+
+        The commands are decided in sequence over one overlay, so a command not applied (conflict, duplicate)
+        invalidates what later ones assumed about its accounts. Inside one call the script poisons those
+        accounts; across calls this does the same: a later command touching one is not sent (result ``None``)
+        and is decided again in the next round, so a version number matching by coincidence can never apply it.
+        """
+        out: list[tuple[Work, PreparedCommand, AppendResult | None]] = []
+        poisoned: set[str] = set()
+        size = self.config.append_chunk
+        chunks = [works[i:i + size] for i in range(0, len(works), size)]
+        ready = self._prepare_chunk(chunks[0], overlay, occurred_at, batch) if chunks else []
+        for index in range(len(chunks)):
+            send = []
+            for work, item in ready:
+                if poisoned and any(account.key in poisoned for account in item.accounts):
+                    poisoned.update(account.key for account in item.accounts)
+                    out.append((work, item, None))
+                else:
+                    send.append((work, item))
+            pending = self.appender.send([item for _, item in send])
+            try:
+                ready = (self._prepare_chunk(chunks[index + 1], overlay, occurred_at, batch)
+                         if index + 1 < len(chunks) else [])
+            finally:
+                results = pending.results()
+            for (work, item), result in zip(send, results, strict=True):
+                if result.status in (AppendStatus.CONFLICT, AppendStatus.DUPLICATE):
+                    poisoned.update(account.key for account in item.accounts)
+                out.append((work, item, result))
+        return out
 
     def _give_up(self, works: list[Work], batch: Batch) -> None:
         """Settle commands that kept conflicting as ``conflict``, through the script like any outcome.
@@ -436,14 +511,19 @@ class CommandHandler:
         prepared = [
             PreparedCommand(self.keys.command_outcome(w.request.command_id), self.keys.reply(w.request.request_id),
                             [], [], orjson.dumps(_refusal(Reason.CONFLICT, "the accounts changed too often while "
-                                                          "deciding; try again", w.request.command_id)))
+                                                          "deciding; try again", w.request.command_id)),
+                            push_reply=w.request.batch_index is None)
             for w in works
         ]
-        for work, result in zip(works, self.appender.append(prepared), strict=True):
-            self.counters["processed"] += 1
-            if result.status is AppendStatus.DUPLICATE:
-                self.counters["dups"] += 1
-                self._after_duplicate(work, batch)
+        for start in range(0, len(prepared), MAX_COMMANDS_PER_APPEND):
+            chunk = prepared[start:start + MAX_COMMANDS_PER_APPEND]
+            for work, item, result in zip(works[start:], chunk, self.appender.append(chunk), strict=False):
+                self.counters["processed"] += 1
+                if result.status is AppendStatus.DUPLICATE:
+                    self.counters["dups"] += 1
+                    self._after_duplicate(work, batch)
+                elif not item.push_reply:
+                    batch.answer(work.request, item.reply_for(result))
 
     def _load(self, accounts: set[int]) -> dict[int, AccountState]:
         return self.state_loader.load(accounts)
@@ -457,18 +537,21 @@ class CommandHandler:
         else:
             assert request.command is not None
             outcome = decide(request.command, overlay, Context(work.principal, work.new_account_id))
+        in_batch = request.batch_index is not None  # a batch is replied to and acknowledged by _finish
         if isinstance(outcome, Rejection):
             if work.lock_reply is not None:  # nothing to lock: just answer the login request
                 return PreparedCommand(self.keys.command_outcome(request.command_id),
                                        self.keys.reply(request.request_id), [], [], orjson.dumps(work.lock_reply))
-            return replace(prepare_rejection(outcome, list(before.values()), origin, keys=self.keys),
-                           ack_entry=request.entry_id)
-        prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply)
+            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys,
+                                     ack_entry="" if in_batch else request.entry_id, push_reply=not in_batch)
+        # a command with side effects after the append is acknowledged only after them (see _finish): a crash
+        # in between redelivers it, and the redelivery redoes them
+        ack = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
+        prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply,
+                                    ack_entry=request.entry_id if ack else "", push_reply=not in_batch)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
-        if isinstance(request.command, ACK_AFTER_SIDE_EFFECTS):
-            return prepared  # acknowledged only after its side effects (see _finish), so a crash redoes them
-        return replace(prepared, ack_entry=request.entry_id)
+        return prepared
 
     # ------------------------------------------------------------------ after the append
 
@@ -476,12 +559,16 @@ class CommandHandler:
         """A command already settled (a resend or a replay): answer with the first outcome."""
         self.counters["dups"] += 1
         self.counters["processed"] += 1
-        batch.reply(work.request.request_id, stored)
+        batch.answer(work.request, stored)
         if orjson.loads(stored).get("ok"):
             self._after_success(work, batch)
 
     def _after_duplicate(self, work: Work, batch: Batch) -> None:
+        """The script met an outcome stored meanwhile (a resend decided by the other handler): it is the answer."""
         stored = self.client.get(self.keys.command_outcome(work.request.command_id))
+        if work.request.batch_index is not None:  # the script pushed nothing for a batch member
+            batch.answer(work.request, stored if stored is not None else _refusal(
+                "internal_error", "internal error: outcome expired", work.request.command_id))
         if stored is not None and orjson.loads(stored).get("ok"):
             self._after_success(work, batch)
 
@@ -501,11 +588,11 @@ class CommandHandler:
         for account in batch.revoke:
             self.sessions.revoke_all_for(account)
         pipe = self.client.pipeline(transaction=False)
-        for request_id, body in batch.replies:
+        for request_id, body in batch.replies + batch.encoded_batch_replies():
             key = self.keys.reply(request_id)
             pipe.rpush(key, body)
             pipe.expire(key, self.config.reply_ttl_s)
-        ack_ids = [i for i in batch.ack_ids if i not in batch.acked_by_script]
+        ack_ids = [i for i in dict.fromkeys(batch.ack_ids) if i not in batch.acked_by_script]
         if ack_ids:
             pipe.xack(self.group.stream, GROUP, *ack_ids)
             pipe.xdel(self.group.stream, *ack_ids)

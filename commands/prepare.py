@@ -6,7 +6,6 @@ the deciders emit plaintext, nothing here lets it reach an event or a Redis key 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from commands.decide import Decision, Rejection
 from commands.money import format_cents
 from commands.state import AccountState
 from eventstore.append import AccountWrite, PreparedCommand, PreparedEvent
-from eventstore.envelope import envelope_dict, split_body_around_seq
+from eventstore.envelope import envelope_dict, new_event_id, split_body_around_seq
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
 
@@ -67,12 +66,21 @@ def _sealed_event_data(vault: PersonalDataVault, data: dict[str, Any]) -> dict[s
     }
 
 
+# Hash field -> AccountState attribute, for everything but ``version`` (always written).
+_STATE_FIELDS = (("balance", "balance"), ("status", "status"), ("role", "role"), ("erased", "erased"),
+                 ("sms", "sms_opt_in"), ("cred_salt", "cred_salt"), ("cred_kdf", "cred_kdf"), ("cred_key", "cred_key"))
+
+
 def changed_fields(vault: PersonalDataVault, before: AccountState, after: AccountState) -> dict[str, str | int]:
     """The hash fields to write: everything for a new account, else only what changed; secrets sealed."""
-    new = after.to_fields()
     if before.exists:
-        old = before.to_fields()
-        new = {name: value for name, value in new.items() if old[name] != value or name == "version"}
+        new: dict[str, str | int] = {"version": after.version}
+        for name, attribute in _STATE_FIELDS:
+            value = getattr(after, attribute)
+            if value != getattr(before, attribute):
+                new[name] = int(value) if isinstance(value, bool) else value
+    else:
+        new = after.to_fields()
     for name, sealed_as in SEALED_STATE_FIELDS.items():
         value = new.get(name)
         if isinstance(value, str) and value:
@@ -88,8 +96,13 @@ def prepare_decision(
     keys: Keys,
     vault: PersonalDataVault,
     reply: Mapping[str, Any] | None = None,
+    ack_entry: str = "",
+    push_reply: bool = True,
 ) -> PreparedCommand:
-    """Envelope, seal and encode an accepted command. ``reply`` replaces the usual success reply (plain mode)."""
+    """Envelope, seal and encode an accepted command. ``reply`` replaces the usual success reply (plain mode).
+
+    ``ack_entry`` and ``push_reply`` are passed through to :class:`PreparedCommand`.
+    """
     states = decision.new_states
     writes = [
         AccountWrite(keys.account(account), before[account].version, changed_fields(vault, before[account], state))
@@ -98,7 +111,7 @@ def prepare_decision(
     events = []
     for draft in decision.events:
         body = envelope_dict(
-            event_id=uuid.uuid4().hex,
+            event_id=new_event_id(),
             event_type=draft.type,
             accounts=draft.accounts,
             versions=tuple(states[a].version for a in draft.accounts),
@@ -114,13 +127,15 @@ def prepare_decision(
     outcome_key = keys.command_outcome(origin.command_id)
     reply_key = keys.reply(origin.request_id)
     if reply is not None:
-        return PreparedCommand(outcome_key, reply_key, writes, events, orjson.dumps(reply), None)
+        return PreparedCommand(outcome_key, reply_key, writes, events, orjson.dumps(reply), None, ack_entry,
+                               push_reply)
     prefix, suffix = reply_with_seq(success_reply(origin.command_id, decision.reply))
-    return PreparedCommand(outcome_key, reply_key, writes, events, prefix, suffix)
+    return PreparedCommand(outcome_key, reply_key, writes, events, prefix, suffix, ack_entry, push_reply)
 
 
 def prepare_rejection(
-    rejection: Rejection, touched: Sequence[AccountState], origin: Origin, *, keys: Keys
+    rejection: Rejection, touched: Sequence[AccountState], origin: Origin, *, keys: Keys, ack_entry: str = "",
+    push_reply: bool = True,
 ) -> PreparedCommand:
     """A refusal: no event, but the versions it was judged on are checked (a stale refusal is re-decided)."""
     seen = {state.account_id: state.version for state in touched}
@@ -132,4 +147,6 @@ def prepare_rejection(
         [],
         orjson.dumps(rejection_reply(origin.command_id, rejection)),
         None,
+        ack_entry,
+        push_reply,
     )

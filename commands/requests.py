@@ -31,6 +31,9 @@ from commands.models import (
 from eventstore.transport import TransportError, unseal_payload
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+BATCH_TYPE = "Batch"
+MAX_BATCH_COMMANDS = 1000
+MAX_BATCH_PAYLOAD_BYTES = 512 * 1024
 MAX_SESSION_BYTES = 256
 _ID = re.compile(rb"[A-Za-z0-9_.:-]{1,128}")
 
@@ -39,6 +42,8 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
     for model in (OpenAccount, Deposit, Withdraw, Transfer, CloseAccount, UpdateProfile, ChangePassword,
                   EraseCustomer)
 }
+# What a batch may carry: commands whose only side effects are in the append script, or need no proof.
+BATCH_MODELS = frozenset({"OpenAccount", "Deposit", "Withdraw", "Transfer", "CloseAccount", "UpdateProfile"})
 PERSONAL_PAYLOAD_FIELDS = frozenset({"ssn", "phone", "first_name", "last_name", "credential", "proof", "password",
                                      "response", "secret"})
 
@@ -64,6 +69,8 @@ class ParsedRequest:
     command: Command | None
     payload: dict[str, Any] | None
     fields: Mapping[bytes, bytes]  # as received: the session MAC covers these bytes
+    batch_index: int | None = None  # position in a ``Batch`` entry; ``None`` for a request of its own
+    error: str | None = None  # a batch member that is not a valid command: refused, the rest of the batch goes on
 
     @property
     def account(self) -> int | None:
@@ -88,13 +95,8 @@ def _error_summary(error: pydantic.ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_entry(
-    entry_id: str,
-    fields: dict[bytes, bytes],
-    *,
-    transport_key: PrivateKey | None = None,
-) -> ParsedRequest:
-    """Validate one stream entry; raises :class:`MalformedRequest`."""
+def _header(fields: dict[bytes, bytes]) -> tuple[str, str, str, str | None]:
+    """request_id, command_id, type and session of an entry; raises :class:`MalformedRequest`."""
     request_id = None
     raw_request_id = fields.get(b"request_id")
     if raw_request_id is not None and _ID.fullmatch(raw_request_id):
@@ -106,7 +108,7 @@ def parse_entry(
     if raw_type is None:
         raise MalformedRequest("missing field type", request_id)
     request_type = raw_type.decode("ascii", errors="replace")
-    if request_type not in MODELS and request_type not in AUTH_REQUEST_TYPES:
+    if request_type not in MODELS and request_type not in AUTH_REQUEST_TYPES and request_type != BATCH_TYPE:
         raise MalformedRequest(f"unknown request type {request_type[:64]!r}", request_id)
 
     session = None
@@ -115,34 +117,111 @@ def parse_entry(
         if len(raw_session) > MAX_SESSION_BYTES or not raw_session.isascii():
             raise MalformedRequest("session token must be ASCII of at most 256 bytes", request_id)
         session = raw_session.decode()
+    return request_id, command_id, request_type, session
 
-    raw_payload = fields.get(b"payload")
-    if raw_payload is None:
+
+def _json_object(raw: bytes | None, limit: int, request_id: str) -> dict[str, Any]:
+    if raw is None:
         raise MalformedRequest("missing field payload", request_id)
-    if len(raw_payload) > MAX_PAYLOAD_BYTES:
-        raise MalformedRequest(f"payload of {len(raw_payload)} bytes exceeds {MAX_PAYLOAD_BYTES}", request_id)
+    if len(raw) > limit:
+        raise MalformedRequest(f"payload of {len(raw)} bytes exceeds {limit}", request_id)
     try:
-        payload = orjson.loads(raw_payload)  # orjson rejects invalid UTF-8 as well as invalid JSON
+        payload = orjson.loads(raw)  # orjson rejects invalid UTF-8 as well as invalid JSON
     except orjson.JSONDecodeError as error:
         raise MalformedRequest(f"payload is not valid UTF-8 JSON: {error}", request_id) from error
     if not isinstance(payload, dict):
         raise MalformedRequest("payload must be a JSON object", request_id)
+    return payload
+
+
+def _command(request_type: str, payload: dict[str, Any], transport_key: PrivateKey | None) -> Command:
+    """Validate one command payload; raises ``ValueError`` with a readable reason."""
     try:
         payload = unseal_payload(transport_key, payload)
     except TransportError as error:
-        raise MalformedRequest(str(error), request_id) from error
-
-    model = MODELS.get(request_type)
-    if model is None:
-        return ParsedRequest(entry_id, request_id, command_id, request_type, session, None, payload, fields)
+        raise ValueError(str(error)) from error
     declared = payload.setdefault("type", request_type)
     if declared != request_type:
-        raise MalformedRequest("payload type differs from the request type", request_id)
+        raise ValueError("payload type differs from the request type")
     try:
-        command = model.model_validate(payload)
+        return MODELS[request_type].model_validate(payload)  # type: ignore[return-value]
     except pydantic.ValidationError as error:
-        raise MalformedRequest(f"invalid {request_type}: {_error_summary(error)}", request_id) from error
-    return ParsedRequest(entry_id, request_id, command_id, request_type, session, command, None, fields)  # type: ignore[arg-type]
+        raise ValueError(f"invalid {request_type}: {_error_summary(error)}") from error
+
+
+def parse_entry(
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    *,
+    transport_key: PrivateKey | None = None,
+) -> ParsedRequest:
+    """Validate one stream entry holding one request; raises :class:`MalformedRequest`."""
+    request_id, command_id, request_type, session = _header(fields)
+    if request_type == BATCH_TYPE:
+        raise MalformedRequest("a Batch entry holds several requests: use parse_entries", request_id)
+    payload = _json_object(fields.get(b"payload"), MAX_PAYLOAD_BYTES, request_id)
+    if request_type not in MODELS:
+        try:
+            payload = unseal_payload(transport_key, payload)
+        except TransportError as error:
+            raise MalformedRequest(str(error), request_id) from error
+        return ParsedRequest(entry_id, request_id, command_id, request_type, session, None, payload, fields)
+    try:
+        command = _command(request_type, payload, transport_key)
+    except ValueError as error:
+        raise MalformedRequest(str(error), request_id) from error
+    return ParsedRequest(entry_id, request_id, command_id, request_type, session, command, None, fields)
+
+
+def parse_entries(
+    entry_id: str,
+    fields: dict[bytes, bytes],
+    *,
+    transport_key: PrivateKey | None = None,
+) -> list[ParsedRequest]:
+    """The requests of one entry: one, or every command of a ``Batch`` (each with its own command id).
+
+    A batch is one signed request carrying up to :data:`MAX_BATCH_COMMANDS` commands: one stream entry, one
+    MAC and one reply for all of them, which is what makes bulk work (payroll files, the bench) cheap. Each
+    command is still decided, appended and deduplicated on its own; an invalid one is refused alone.
+    """
+    request_id, batch_id, request_type, session = _header(fields)
+    if request_type != BATCH_TYPE:
+        return [parse_entry(entry_id, fields, transport_key=transport_key)]
+    payload = _json_object(fields.get(b"payload"), MAX_BATCH_PAYLOAD_BYTES, request_id)
+    items = payload.get("commands")
+    if not isinstance(items, list) or not items:
+        raise MalformedRequest("a Batch payload must hold a non-empty list 'commands'", request_id)
+    if len(items) > MAX_BATCH_COMMANDS:
+        raise MalformedRequest(f"a Batch holds at most {MAX_BATCH_COMMANDS} commands, not {len(items)}", request_id)
+    out = []
+    for index, item in enumerate(items):
+        out.append(_batch_member(entry_id, fields, request_id, session, index, item, transport_key))
+    return out
+
+
+def _batch_member(
+    entry_id: str, fields: dict[bytes, bytes], request_id: str, session: str | None, index: int, item: object,
+    transport_key: PrivateKey | None,
+) -> ParsedRequest:
+    if not isinstance(item, dict):
+        return ParsedRequest(entry_id, request_id, f"#{index}", "", session, None, None, fields, index,
+                             f"command {index} must be an object with command_id and command")
+    raw_id = item.get("command_id")
+    if not isinstance(raw_id, str) or not _ID.fullmatch(raw_id.encode()):
+        return ParsedRequest(entry_id, request_id, f"#{index}", "", session, None, None, fields, index,
+                             f"command {index}: command_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+    body = item.get("command")
+    request_type = body.get("type") if isinstance(body, dict) else None
+    if not isinstance(request_type, str) or request_type not in BATCH_MODELS:
+        return ParsedRequest(entry_id, request_id, raw_id, "", session, None, None, fields, index,
+                             f"command {index}: type must be one of {', '.join(sorted(BATCH_MODELS))}")
+    try:
+        command = _command(request_type, dict(body), transport_key)  # type: ignore[arg-type]
+    except ValueError as error:
+        return ParsedRequest(entry_id, request_id, raw_id, request_type, session, None, None, fields, index,
+                             str(error))
+    return ParsedRequest(entry_id, request_id, raw_id, request_type, session, command, None, fields, index)
 
 
 def redacted_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -155,12 +234,20 @@ def redacted_fields(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
     if raw is None:
         return out
     try:
-        payload = orjson.loads(raw) if len(raw) <= MAX_PAYLOAD_BYTES else None
+        payload = orjson.loads(raw) if len(raw) <= MAX_BATCH_PAYLOAD_BYTES else None
     except orjson.JSONDecodeError:
         payload = None
     if isinstance(payload, dict):
-        masked = {k: ("[redacted]" if k in PERSONAL_PAYLOAD_FIELDS else v) for k, v in payload.items()}
-        out[b"payload"] = orjson.dumps(masked)
+        out[b"payload"] = orjson.dumps(_masked(payload))
     else:
         out[b"payload"] = f"[{len(raw)} bytes not kept]".encode()
     return out
+
+
+def _masked(value: object) -> object:
+    """``value`` with every personal field, at any depth (a batch's commands), replaced by a marker."""
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if k in PERSONAL_PAYLOAD_FIELDS else _masked(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value

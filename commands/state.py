@@ -34,6 +34,11 @@ class AccountState:
         """The next version with ``changes`` applied."""
         return replace(self, version=self.version + 1, **changes)  # type: ignore[arg-type]
 
+    def with_balance(self, balance: int) -> AccountState:
+        """The next version with a new balance: the hot path of every money movement, so no ``replace``."""
+        return AccountState(self.account_id, self.version + 1, balance, self.status, self.role, self.erased,
+                            self.sms_opt_in, self.cred_salt, self.cred_kdf, self.cred_key)
+
     def to_fields(self) -> dict[str, str | int]:
         """Everything that goes back into the Redis hash."""
         return {

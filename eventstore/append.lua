@@ -4,9 +4,12 @@
 --   command in order: its outcome key, its reply key, then the keys of the accounts it touched.
 -- ARGV[1] = outcome TTL (s), ARGV[2] = reply TTL (s), ARGV[3] = number of commands, ARGV[4] = the request
 --   stream's consumer group ('' when nothing is acknowledged here), then per command:
---   n_accounts, n_events, reply_mode ('seq' | 'plain'), reply_a, reply_b, ack_id ('' or the request's entry id),
+--   n_accounts, n_events, reply_mode, reply_a, reply_b, ack_id ('' or the request's entry id),
 --   per account: expected_version, n_fields, field1, value1, ...   (n_fields is 0 when nothing changes)
 --   per event:   type, body_prefix, body_suffix                  (the body is prefix .. seq .. suffix)
+-- reply_mode: 'seq' (reply = reply_a .. last seq .. reply_b) or 'plain' (reply = reply_a), pushed to the reply key;
+--   'seq_quiet' and 'plain_quiet' store the outcome the same way but push nothing (a member of a batch request,
+--   whose handler sends one reply for the whole batch).
 -- Returns a flat array {status1, seq1, status2, seq2, ...} with status 'ok' | 'rejected' | 'dup' | 'conflict'
 -- and seq the last seq the command appended (0 when it appended nothing). A settled command (anything but a
 -- conflict) with an ack_id has its request acknowledged and deleted in the same atomic step, which saves the
@@ -30,6 +33,9 @@ local function bad(message)
   return redis.error_reply('APPEND_BAD_ARGS ' .. message)
 end
 
+local reply_modes = {seq = true, plain = true, seq_quiet = true, plain_quiet = true}
+local quiet_modes = {seq_quiet = true, plain_quiet = true}
+
 local function is_count(n)
   return n ~= nil and n >= 0 and n % 1 == 0
 end
@@ -50,7 +56,7 @@ for c = 1, n_commands do
   local n_acct = tonumber(argv[a])
   local n_events = tonumber(argv[a + 1])
   local reply_mode = argv[a + 2]
-  if not is_count(n_acct) or not is_count(n_events) or (reply_mode ~= 'seq' and reply_mode ~= 'plain') then
+  if not is_count(n_acct) or not is_count(n_events) or not reply_modes[reply_mode] then
     return bad('command ' .. c)
   end
   local ack_id = argv[a + 5]
@@ -105,13 +111,17 @@ for c = 1, n_commands do
   local ack_id = argv[a + 5]
   local status = 'conflict'
   local last_seq = 0
+  local reply_mode = argv[a + 2]
+  local quiet = quiet_modes[reply_mode]
   local stored = call('GET', outcome_key)
   if stored then
     for i = k + 2, k + 1 + n_acct do
       known[keys[i]] = false
     end
-    call('RPUSH', reply_key, stored)
-    call('EXPIRE', reply_key, reply_ttl)
+    if not quiet then
+      call('RPUSH', reply_key, stored)
+      call('EXPIRE', reply_key, reply_ttl)
+    end
     status = 'dup'
   else
     local p = a + 6
@@ -166,12 +176,14 @@ for c = 1, n_commands do
         p = p + 2 + 2 * n_fields
       end
       local reply = argv[a + 3]
-      if argv[a + 2] == 'seq' then
+      if reply_mode == 'seq' or reply_mode == 'seq_quiet' then
         reply = reply .. last_seq .. argv[a + 4]
       end
       call('SET', outcome_key, reply, 'EX', outcome_ttl)
-      call('RPUSH', reply_key, reply)
-      call('EXPIRE', reply_key, reply_ttl)
+      if not quiet then
+        call('RPUSH', reply_key, reply)
+        call('EXPIRE', reply_key, reply_ttl)
+      end
       if n_events > 0 then
         status = 'ok'
       else

@@ -58,6 +58,13 @@ class PreparedCommand:
     reply_prefix: bytes
     reply_suffix: bytes | None = None
     ack_entry: str = ""  # the request's entry id, acknowledged and deleted by the script once settled
+    push_reply: bool = True  # False: store the outcome only (a batch member; its handler replies for the batch)
+
+    def reply_for(self, result: AppendResult) -> bytes:
+        """The reply the script stored for an ``ok`` or ``rejected`` result."""
+        if self.reply_suffix is None:
+            return self.reply_prefix
+        return self.reply_prefix + str(result.last_seq).encode() + self.reply_suffix
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,7 @@ class Appender:
         reply_ttl_s: int = DEFAULT_REPLY_TTL_S,
         ack_group: str = "",
     ) -> None:
+        self.client = client
         self._script = client.register_script(_SCRIPT_SOURCE)
         self._keys = keys
         self._outcome_ttl_s = outcome_ttl_s
@@ -94,6 +102,25 @@ class Appender:
         assert len(commands) <= MAX_COMMANDS_PER_APPEND, "batch larger than the append limit"
         return self.run_encoded(*self.encode(commands))
 
+    def send(self, commands: Sequence[PreparedCommand]) -> PendingAppend:
+        """Start an append without waiting for it: the caller prepares the next chunk while Redis runs this one.
+
+        :meth:`PendingAppend.results` must be called before the next ``send`` on the same appender.
+        """
+        assert len(commands) <= MAX_COMMANDS_PER_APPEND, "batch larger than the append limit"
+        if not commands:
+            return PendingAppend(self, None, [], [])
+        script_keys, args = self.encode(commands)
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_command("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        return PendingAppend(self, connection, script_keys, args)
+
     def encode(self, commands: Sequence[PreparedCommand]) -> tuple[list[str], list[str | bytes | int]]:
         """The script's KEYS and ARGV for a batch (see append.lua for the layout)."""
         script_keys: list[str] = [self._keys.events, self._keys.seq, self._keys.commands]
@@ -102,6 +129,8 @@ class Appender:
             script_keys.append(command.outcome_key)
             script_keys.append(command.reply_key)
             mode = "plain" if command.reply_suffix is None else "seq"
+            if not command.push_reply:
+                mode += "_quiet"
             args += [len(command.accounts), len(command.events), mode, command.reply_prefix,
                      command.reply_suffix or b"", command.ack_entry]
             for account in command.accounts:
@@ -122,8 +151,47 @@ class Appender:
             if "APPEND_BAD_ARGS" in str(error):
                 raise AppendError(str(error)) from error
             raise
-        results = []
-        for i in range(0, len(raw), 2):
-            status = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
-            results.append(AppendResult(AppendStatus(status), int(raw[i + 1])))
-        return results
+        return parse_results(raw)
+
+
+def parse_results(raw: list[bytes | str | int]) -> list[AppendResult]:
+    """The script's flat ``{status, seq, ...}`` reply as results, in command order."""
+    results = []
+    for i in range(0, len(raw), 2):
+        status = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
+        results.append(AppendResult(AppendStatus(status), int(raw[i + 1])))
+    return results
+
+
+class PendingAppend:
+    """An append sent on a connection of its own whose reply is read later (see :meth:`Appender.send`)."""
+
+    def __init__(self, appender: Appender, connection: redis.connection.AbstractConnection | None,
+                 script_keys: list[str], args: list[str | bytes | int]) -> None:
+        self._appender = appender
+        self._connection = connection
+        self._keys = script_keys
+        self._args = args
+
+    def results(self) -> list[AppendResult]:
+        connection = self._connection
+        if connection is None:
+            return []
+        self._connection = None
+        pool = self._appender.client.connection_pool
+        try:
+            raw = connection.read_response()
+        except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script: it did not run, so run it now
+            pool.release(connection)
+            return self._appender.run_encoded(self._keys, self._args)
+        except redis.ResponseError as error:
+            pool.release(connection)
+            if "APPEND_BAD_ARGS" in str(error):
+                raise AppendError(str(error)) from error
+            raise
+        except BaseException:
+            connection.disconnect()  # the reply may still be on its way: never reuse this connection
+            pool.release(connection)
+            raise
+        pool.release(connection)
+        return parse_results(raw)

@@ -9,6 +9,7 @@ joins ``prefix .. seq .. suffix``, which is byte-for-byte what :func:`canonical_
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +56,22 @@ class Event(BaseModel):
 
     def body_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
+
+
+_ID_BYTES = 16
+_POOL_IDS = 256
+_pool = b""
+_pool_at = 0
+
+
+def new_event_id() -> str:
+    """128 random bits as 32 hex digits, from a pool read from the OS 256 ids at a time (one syscall, not 256)."""
+    global _pool, _pool_at
+    if _pool_at >= len(_pool):
+        _pool, _pool_at = os.urandom(_ID_BYTES * _POOL_IDS), 0
+    start = _pool_at
+    _pool_at += _ID_BYTES
+    return _pool[start:_pool_at].hex()
 
 
 def canonical_json(obj: Any) -> bytes:

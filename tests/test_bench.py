@@ -24,7 +24,7 @@ def report() -> dict:
 def test_report_has_every_figure(report):
     assert report["machine"]["cores"] >= 1 and report["fsync"] == "always"
     write = report["write_path"]
-    assert [r["mode"].split(" ")[0] for r in write["results"]] == ["sequential", "batched", "paced"]
+    assert [r["mode"].split(" ")[0] for r in write["results"]] == ["sequential", "batched", "pipelined", "paced"]
     for row in write["results"] + report["full_system"]["results"]:
         assert row["runs"] == 1 and row["commands"] > 0 and row["per_s"] > 0
         assert row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]

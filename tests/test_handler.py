@@ -175,15 +175,15 @@ def test_conflict_with_another_writer_is_redecided(fake_redis, keys, handler):
     [a] = open_accounts(fake_redis, keys, handler, 1, deposit_cents=1_000)
     other = make_handler(fake_redis, keys, name="handler-2")
     me = session_for(fake_redis, keys, a)
-    real_append = handler.appender.append
+    real_send = handler.appender.send
     sneaked = []
 
     def append_after_a_rival(commands):
         if not sneaked:  # another handler settles a withdrawal between our load and our append
             sneaked.append(run_command(fake_redis, keys, other, "Withdraw", {"account": a, "amount": 600}, me))
-        return real_append(commands)
+        return real_send(commands)
 
-    handler.appender.append = append_after_a_rival  # type: ignore[method-assign]
+    handler.appender.send = append_after_a_rival  # type: ignore[method-assign]
     first = submit(fake_redis, keys, "Withdraw", {"account": a, "amount": 300}, me)
     second = submit(fake_redis, keys, "Withdraw", {"account": a, "amount": 200}, me)
     drain(handler)
@@ -198,13 +198,13 @@ def test_conflict_with_another_writer_is_redecided(fake_redis, keys, handler):
 def test_persistent_conflict_gives_up_with_a_conflict_reply(fake_redis, keys, handler):
     [a] = open_accounts(fake_redis, keys, handler, 1)
     me = session_for(fake_redis, keys, a)
-    real_append = handler.appender.append
+    real_send = handler.appender.send
 
     def always_stale(commands):
         fake_redis.hincrby(keys.account(a), "version", 1)
-        return real_append(commands)
+        return real_send(commands)
 
-    handler.appender.append = always_stale  # type: ignore[method-assign]
+    handler.appender.send = always_stale  # type: ignore[method-assign]
     reply = run_command(fake_redis, keys, handler, "Deposit", {"account": a, "amount": 1}, me)
     assert reply["code"] == "conflict" and handler.counters["conflicts"] == handler.config.max_rounds
     # The give-up is the command id's one outcome: a resend cannot apply it later.
