@@ -322,13 +322,20 @@ class CommandHandler:
         commands = [r for r in requests if r.command is not None]
         accounts = {a for r in commands if not isinstance(r.command, OpenAccount)
                     for a in touched_accounts(r.command, _NO_CONTEXT)}  # type: ignore[arg-type]
-        pipe = self.client.pipeline(transaction=False)
-        if distinct:
-            pipe.mget(self.sessions.record_keys(distinct))
-        if commands:
-            pipe.mget([self.keys.command_outcome(r.command_id) for r in commands])
-        ordered = self.state_loader.queue(pipe, accounts)
-        results = pipe.execute() if (distinct or commands or ordered) else []
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            if distinct:
+                pipe.mget(self.sessions.record_keys(distinct))
+            if commands:
+                pipe.mget([self.keys.command_outcome(r.command_id) for r in commands])
+            ordered = self.state_loader.queue(pipe, accounts)
+            try:
+                results = pipe.execute() if (distinct or commands or ordered) else []
+                break
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.state_loader.reload()
         out = Preload()
         if distinct:
             records = dict(zip(distinct, results.pop(0), strict=True))

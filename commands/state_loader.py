@@ -37,6 +37,7 @@ class StateLoader:
     """``load(accounts) -> {id: AccountState}`` with one EVALSHA, or queued in a caller's pipeline."""
 
     def __init__(self, client: redis.Redis, *, keys: Keys) -> None:
+        self._client = client
         self._script = client.register_script(_SCRIPT)
         self._keys = keys
 
@@ -47,11 +48,21 @@ class StateLoader:
         return self.parse(ordered, self._script(keys=[self._keys.account(a) for a in ordered]))
 
     def queue(self, pipe: redis.client.Pipeline, accounts: Iterable[int]) -> list[int]:
-        """Add the load to ``pipe`` (saves a round trip); returns the order :meth:`parse` needs with the reply."""
+        """Add the load to ``pipe`` (saves a round trip); returns the order :meth:`parse` needs with the reply.
+
+        Queued as a bare EVALSHA: redis-py would otherwise ask ``SCRIPT EXISTS`` before every such pipeline, one
+        more round trip than the load itself. A Redis that lost its script cache answers NOSCRIPT, and the
+        caller runs the pipeline again after :meth:`reload`.
+        """
         ordered = sorted(set(accounts))
         if ordered:
-            self._script(keys=[self._keys.account(a) for a in ordered], client=pipe)
+            keys = [self._keys.account(a) for a in ordered]
+            pipe.evalsha(self._script.sha, len(keys), *keys)
         return ordered
+
+    def reload(self) -> None:
+        """Load the script into Redis again (after a restart or a SCRIPT FLUSH)."""
+        self._client.script_load(_SCRIPT)
 
     def parse(self, ordered: list[int], raw: list[bytes]) -> dict[int, AccountState]:
         out = {}

@@ -231,3 +231,13 @@ def test_a_batch_settles_like_the_same_commands_one_by_one(fake_redis, keys, amo
             assert result["balance_cents"] == balance
     assert balances_from_log(log_payloads(fake_redis, keys)) == {a: balance, b: 5_000 + moved}
     assert orjson.loads(fake_redis.get(keys.command_outcome(commands[0].command_id))) == results[0]
+
+
+def test_the_handler_survives_a_redis_that_forgot_its_scripts(any_redis, keys, handler):
+    """A restarted Redis (or SCRIPT FLUSH) answers NOSCRIPT to the state load and to the append: both recover."""
+    [a] = open_accounts(any_redis, keys, handler, 1)
+    me = session_for(any_redis, keys, a)
+    any_redis.script_flush()
+    request_id = send_batch(any_redis, keys, [money("Deposit", account=a, amount=250)], me)
+    drain(handler)
+    assert take_reply(any_redis, keys, request_id)["results"][0]["balance_cents"] == 250
