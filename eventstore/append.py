@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 
+import hiredis
 import redis
 
 from eventstore.keys import Keys
@@ -91,6 +92,7 @@ class Appender:
     ) -> None:
         self.client = client
         self._script = client.register_script(_SCRIPT_SOURCE)
+        self._connection: redis.connection.AbstractConnection | None = None  # for send(): kept, not pooled
         self._keys = keys
         self._outcome_ttl_s = outcome_ttl_s
         self._reply_ttl_s = reply_ttl_s
@@ -111,13 +113,14 @@ class Appender:
         if not commands:
             return PendingAppend(self, None, [], [])
         script_keys, args = self.encode(commands)
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
+        if self._connection is None:  # one connection of its own: the pool's checks cost a syscall per call
+            self._connection = self.client.connection_pool.make_connection()
+        connection = self._connection
         try:
-            connection.send_command("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)
+            connection.send_packed_command([hiredis.pack_command(
+                ("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args))])
         except BaseException:
-            connection.disconnect()
-            pool.release(connection)
+            connection.disconnect()  # reconnects by itself on the next send
             raise
         return PendingAppend(self, connection, script_keys, args)
 
@@ -178,20 +181,15 @@ class PendingAppend:
         if connection is None:
             return []
         self._connection = None
-        pool = self._appender.client.connection_pool
         try:
             raw = connection.read_response()
         except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script: it did not run, so run it now
-            pool.release(connection)
             return self._appender.run_encoded(self._keys, self._args)
         except redis.ResponseError as error:
-            pool.release(connection)
             if "APPEND_BAD_ARGS" in str(error):
                 raise AppendError(str(error)) from error
             raise
         except BaseException:
-            connection.disconnect()  # the reply may still be on its way: never reuse this connection
-            pool.release(connection)
+            connection.disconnect()  # the reply may still be on its way: the next send starts a fresh connection
             raise
-        pool.release(connection)
         return parse_results(raw)
