@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "bankctl.cmd_auth",
     "bankctl.cmd_ops",
     "bankctl.cmd_bank",
+    "bankctl.cmd_batch",
     "bankctl.cmd_query",
     "bankctl.cmd_projections",
     "bankctl.cmd_audit",

@@ -87,6 +87,16 @@ class BankSession:
             remember(self.settings.profile, self.session.server_id, reply["seq"])
         return reply
 
+    def command_batch(self, requests: list[Request]) -> list[dict[str, Any]]:
+        """Send up to ``MAX_BATCH_COMMANDS`` commands as one request: every outcome, in order, refusals included
+        (not raised: one rejected command does not make the others fail). The highest seq is remembered."""
+        results = self._roundtrip(lambda bank: bank.command_batch(requests, session=self.session.token))
+        seqs = [r["seq"] for r in results if r.get("ok") and isinstance(r.get("seq"), int)]
+        if seqs:
+            self.last_seq = max(self.last_seq, *seqs)
+            remember(self.settings.profile, self.session.server_id, max(seqs))
+        return results
+
     def query(self, query_type: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a query that waits until the read model has this profile's own last write."""
         min_seq = max(self.last_seq, recall(self.settings.profile, self.session.server_id))

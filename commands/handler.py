@@ -485,7 +485,8 @@ class CommandHandler:
         """
         out: list[tuple[Work, PreparedCommand, AppendResult | None]] = []
         poisoned: set[str] = set()
-        size = self.config.append_chunk
+        # a small round goes in one call (one disk sync); a large one in chunks that overlap with deciding
+        size = self.config.append_chunk if len(works) > 2 * self.config.append_chunk else MAX_COMMANDS_PER_APPEND
         chunks = [works[i:i + size] for i in range(0, len(works), size)]
         ready = self._prepare_chunk(chunks[0], overlay, occurred_at, batch) if chunks else []
         for index in range(len(chunks)):
