@@ -13,7 +13,6 @@ import gc
 import multiprocessing as mp
 import random
 import secrets
-import sys
 import threading
 import time
 from collections import deque
@@ -30,7 +29,6 @@ from eventstore.keys import Keys
 OPEN_BATCH = 200
 BATCH_COMMANDS = 250
 OPEN_LOOP_THREADS = 32
-GENERATOR_SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
@@ -203,17 +201,12 @@ def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random
 
     # The generator's own cyclic-GC pauses (a full collection over thousands of futures took ~25 ms) would stall
     # the sending thread and be counted as the bank's latency; reference counting still frees everything here.
-    # Likewise the GIL: with the default 5 ms switch interval a thread whose reply has arrived can wait that long
-    # behind the sending thread, and the generator's own wait would be counted as the bank's latency.
     gc_was_enabled = gc.isenabled()
-    switch_interval = sys.getswitchinterval()
     gc.disable()
-    sys.setswitchinterval(GENERATOR_SWITCH_INTERVAL_S)
     try:
         _send_scheduled(stats, one, rng, own, everyone, queries=queries, operations=operations, interval=interval,
                         began=began)
     finally:
-        sys.setswitchinterval(switch_interval)
         if gc_was_enabled:
             gc.enable()
 

@@ -19,6 +19,7 @@ import click
 
 from bankctl.output import BankctlError, Exit, emit, exit_for_reply_code, json_option, table
 from bankctl.session_client import BankSession
+from commands.money import parse_amount
 
 HEADER = ("type", "account", "to", "amount")
 TYPES = {"deposit": "Deposit", "withdraw": "Withdraw", "transfer": "Transfer"}
@@ -50,8 +51,6 @@ def _account(text: str, label: str) -> int | None:
 
 def _line(number: int, row: dict[str, str]) -> Line:
     """One row checked with the rules of the single commands; ValueError says what is wrong."""
-    from commands.money import parse_amount
-
     kind = row["type"].strip().lower()
     if kind not in TYPES:
         raise ValueError(f"unknown type {row['type']!r} (use {', '.join(TYPES)})")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import sys
 import threading
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from projections.schema import read_checkpoint
 from projections.store import write_batch
 
 log = logging.getLogger("bank.projector")
-
-QUERY_SWITCH_INTERVAL_S = 0.0005
 
 LIVE_BATCH = 1000
 LIVE_BLOCK_MS = 1000
@@ -156,9 +153,6 @@ def main(
                              master_key=master_key,
                              changed=projector.changed)
         thread = QueryThread(server, name=f"{name}-queries")
-        # The projector thread applies long batches in Python; with the default 5 ms GIL switch interval a query
-        # whose reply has arrived could wait that long for its turn. 0.5 ms keeps queries short under load.
-        sys.setswitchinterval(QUERY_SWITCH_INTERVAL_S)
         thread.start()
     runner = WorkerRunner(projector, client=client, keys=keys, name=name,
                           extra_status=lambda: {"checkpoint": projector.checkpoint, "db": str(path),
