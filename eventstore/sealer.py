@@ -21,7 +21,7 @@ from eventstore.envelope import utc_timestamp
 from eventstore.keys import KEYS, Keys
 from eventstore.log import read_after
 from eventstore.seals import GENESIS, LEAF_BYTES, extend_chain, last_seal, load_signing_key, sign_seal, verify_seal
-from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
+from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging, yield_cpu_to_commands
 
 log = logging.getLogger("bank.sealer")
 
@@ -120,6 +120,7 @@ class Sealer:
 
 def main(*, redis_url: str, data_dir: Path, name: str = "sealer", keys: Keys = KEYS, **_options: object) -> int:
     configure_logging()
+    yield_cpu_to_commands()  # seals may lag a second behind the log; commands may not
     key_path = Path(data_dir) / "signing.key"
     try:
         private_key = load_signing_key(key_path)

@@ -201,3 +201,14 @@ def test_measure_outbox_throughput_and_event_to_message_latency(redis_server, re
     p50, p99, worst = lat[len(lat) // 2], lat[int(len(lat) * 0.99)], lat[-1]
     print(f"event-to-message latency at ~1,000 events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms")
     assert len(lat) == 3000
+
+
+def test_background_workers_yield_the_cpu_to_the_command_path():
+    """Notifier and sealer lower their own priority (nice 10 unless configured): commands go first on a busy host."""
+    probe = ("import os; from eventstore.worker import yield_cpu_to_commands as y; before = os.getpriority("
+             "os.PRIO_PROCESS, 0); print(y(ENV), os.getpriority(os.PRIO_PROCESS, 0) - before)")
+    for env, expected in (("{}", "10 10"), ("{'BANKCTL_BACKGROUND_NICE': '3'}", "3 3"),
+                          ("{'BANKCTL_BACKGROUND_NICE': '0'}", "0 0"), ("{'BANKCTL_BACKGROUND_NICE': 'x'}", "10 10")):
+        out = subprocess.run([sys.executable, "-c", probe.replace("ENV", env)], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent.parent).stdout.split()
+        assert " ".join(out) == expected, env
