@@ -206,9 +206,10 @@ def test_measure_outbox_throughput_and_event_to_message_latency(redis_server, re
 def test_background_workers_yield_the_cpu_to_the_command_path():
     """Notifier and sealer lower their own priority (nice 10 unless configured): commands go first on a busy host."""
     probe = ("import os; from eventstore.worker import yield_cpu_to_commands as y; before = os.getpriority("
-             "os.PRIO_PROCESS, 0); print(y(ENV), os.getpriority(os.PRIO_PROCESS, 0) - before)")
-    for env, expected in (("{}", "10 10"), ("{'BANKCTL_BACKGROUND_NICE': '3'}", "3 3"),
-                          ("{'BANKCTL_BACKGROUND_NICE': '0'}", "0 0"), ("{'BANKCTL_BACKGROUND_NICE': 'x'}", "10 10")):
+             "os.PRIO_PROCESS, 0); print(before, y(ENV), os.getpriority(os.PRIO_PROCESS, 0) - before)")
+    for env, amount in (("{}", 10), ("{'BANKCTL_BACKGROUND_NICE': '3'}", 3), ("{'BANKCTL_BACKGROUND_NICE': '0'}", 0),
+                        ("{'BANKCTL_BACKGROUND_NICE': 'x'}", 10)):
         out = subprocess.run([sys.executable, "-c", probe.replace("ENV", env)], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).resolve().parent.parent).stdout.split()
-        assert " ".join(out) == expected, env
+        before, asked, moved = (int(x) for x in out)
+        assert asked == amount and moved == min(amount, 19 - before), env
