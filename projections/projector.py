@@ -85,7 +85,7 @@ class Projector:
             return 0
         try:
             result = write_batch(self.db.writer, events, expected_checkpoint=self.checkpoint,
-                                 open_pii=self.open_pii)
+                                 open_pii=self.open_pii, prefetch_pii=self.vault.prefetch)
         except ApplyError as error:
             raise FatalWorkerError(f"{self.db.path}: {error}") from error
         except sqlite3.IntegrityError as error:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +37,8 @@ class PersonalData(Protocol):
     def open(self, account_id: int, field: str, sealed: str) -> str: ...
 
     def forget_cached(self, account_id: int) -> None: ...
+
+    def prefetch(self, account_ids: Iterable[int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,8 @@ def catch_up(
 ) -> int:
     """Apply events after ``checkpoint`` (up to ``until`` or the head); returns the new checkpoint."""
     for events in event_pages(client, keys, checkpoint, until=until, batch=batch):
-        result = write_batch(conn, events, expected_checkpoint=checkpoint, open_pii=pii.open)
+        result = write_batch(conn, events, expected_checkpoint=checkpoint, open_pii=pii.open,
+                             prefetch_pii=pii.prefetch)
         for account in result.erased:
             pii.forget_cached(account)
         checkpoint = result.checkpoint
