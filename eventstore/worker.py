@@ -8,6 +8,7 @@ heartbeat hash ``{bank}:worker:<name>`` carries pid, kind, counters and a TTL, a
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -92,6 +93,9 @@ class WorkerRunner:
         """Loop until stopped (or, in burst mode, until an iteration finds nothing to do)."""
         delay = RETRY_DELAY_S
         exit_code = 0
+        # Everything built so far (modules, schemas, clients) lives as long as the process: moved out of the
+        # collector's reach, a full collection no longer walks it (measured 20-25 ms pauses in a handler before).
+        gc.freeze()
         try:
             while not self._stop_requested:
                 try:
