@@ -443,6 +443,7 @@ class CommandHandler:
                     self.counters["conflicts"] += 1
                     live.append(work)
                     continue
+                assert item is not None, "a command with a result was sent, so it was prepared"
                 if item.ack_entry:
                     batch.acked_by_script.add(item.ack_entry)
                 self.counters["processed"] += 1
@@ -474,7 +475,7 @@ class CommandHandler:
 
     def _prepare_and_append(
         self, works: list[Work], overlay: dict[int, AccountState], occurred_at: str, batch: Batch
-    ) -> list[tuple[Work, PreparedCommand, AppendResult | None]]:
+    ) -> list[tuple[Work, PreparedCommand | None, AppendResult | None]]:
         """Decide and append a round's commands in order, in chunks: the next chunk is decided while Redis runs
         the script for the current one, so the handler's CPU and Redis work at the same time.
 
@@ -482,30 +483,36 @@ class CommandHandler:
         invalidates what later ones assumed about its accounts. Inside one call the script poisons those
         accounts; across calls this does the same: a later command touching one is not sent (result ``None``)
         and is decided again in the next round, so a version number matching by coincidence can never apply it.
+        A command whose accounts are known to be poisoned before it is decided is not decided at all (item
+        ``None``): in a customer's batch one conflict would otherwise have every later command decided in vain.
         """
-        out: list[tuple[Work, PreparedCommand, AppendResult | None]] = []
-        poisoned: set[str] = set()
+        out: list[tuple[Work, PreparedCommand | None, AppendResult | None]] = []
+        poisoned: set[int] = set()
+
+        def still_valid(work: Work) -> bool:
+            if poisoned and not poisoned.isdisjoint(work.accounts):
+                poisoned.update(work.accounts)
+                out.append((work, None, None))
+                return False
+            return True
+
+        def prepare(chunk: list[Work]) -> list[tuple[Work, PreparedCommand]]:
+            return self._prepare_chunk([w for w in chunk if still_valid(w)], overlay, occurred_at, batch)
+
         # a small round goes in one call (one disk sync); a large one in chunks that overlap with deciding
         size = self.config.append_chunk if len(works) > 2 * self.config.append_chunk else MAX_COMMANDS_PER_APPEND
         chunks = [works[i:i + size] for i in range(0, len(works), size)]
-        ready = self._prepare_chunk(chunks[0], overlay, occurred_at, batch) if chunks else []
+        ready = prepare(chunks[0]) if chunks else []
         for index in range(len(chunks)):
-            send = []
-            for work, item in ready:
-                if poisoned and any(account.key in poisoned for account in item.accounts):
-                    poisoned.update(account.key for account in item.accounts)
-                    out.append((work, item, None))
-                else:
-                    send.append((work, item))
+            send = [(work, item) for work, item in ready if still_valid(work)]
             pending = self.appender.send([item for _, item in send])
             try:
-                ready = (self._prepare_chunk(chunks[index + 1], overlay, occurred_at, batch)
-                         if index + 1 < len(chunks) else [])
+                ready = prepare(chunks[index + 1]) if index + 1 < len(chunks) else []
             finally:
                 results = pending.results()
             for (work, item), result in zip(send, results, strict=True):
                 if result.status in (AppendStatus.CONFLICT, AppendStatus.DUPLICATE):
-                    poisoned.update(account.key for account in item.accounts)
+                    poisoned.update(work.accounts)
                 out.append((work, item, result))
         return out
 
