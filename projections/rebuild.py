@@ -26,7 +26,7 @@ from eventstore.keys import Keys
 from eventstore.log import read_after
 from eventstore.log_pages import PageReader
 from projections.database import SIDE_FILES, side_file
-from projections.schema import BUSY_TIMEOUT_MS, connect
+from projections.schema import BUSY_TIMEOUT_MS, connect, create_indexes
 from projections.store import write_batch
 
 REBUILD_BATCH = 5000
@@ -163,6 +163,7 @@ def rebuild(
             if newer == checkpoint:
                 break
             checkpoint = newer
+        create_indexes(conn)  # after the bulk load: one sorted pass
         how = swap_in(conn, temp, target)
     except BaseException:
         conn.close()
