@@ -152,6 +152,11 @@ def run(demo: Demo) -> None:
     demo.bankctl("transfer", str(bob), "250.00", profile="alice")
     demo.bankctl("deposit", "75.25", profile="bob")
 
+    demo.step("Bob pays bills from a file: one batch request, every line decided on its own (one is refused)")
+    bills = f"type,account,to,amount\ntransfer,,{alice},20.00\nwithdraw,,,15.00\nwithdraw,,,99999.00\n"
+    print("   " + bills.strip().replace("\n", "\n   "))
+    demo.bankctl("batch", "-", stdin=bills, profile="bob", expect=3)
+
     demo.step("Bad input and the bank's rules: refused with clear messages, nothing recorded")
     demo.bankctl("deposit", "-5", profile="alice", expect=2)
     demo.bankctl("withdraw", "1e3", profile="alice", expect=2)
