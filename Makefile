@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: deps lint
-	$(PY) -m pytest -q
+	BANKCTL_REQUIRE_REDIS_SERVER=1 $(PY) -m pytest -q
 
 chaos: deps
 	$(VENV)/bin/bankctl chaos --profile long

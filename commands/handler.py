@@ -531,8 +531,9 @@ class CommandHandler:
             for w in works
         ]
         for start in range(0, len(prepared), MAX_COMMANDS_PER_APPEND):
-            chunk = prepared[start:start + MAX_COMMANDS_PER_APPEND]
-            for work, item, result in zip(works[start:], chunk, self.appender.append(chunk), strict=False):
+            end = start + MAX_COMMANDS_PER_APPEND
+            chunk = prepared[start:end]
+            for work, item, result in zip(works[start:end], chunk, self.appender.append(chunk), strict=True):
                 self.counters["processed"] += 1
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
