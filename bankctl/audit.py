@@ -24,6 +24,7 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -632,10 +633,13 @@ def redis_seals(client: redis.Redis, keys: Keys, auditor_findings: list[Finding]
     return seals
 
 
+SCAN_COUNT = 10_000  # keys the server looks at per SCAN call: most keys are command outcomes, not accounts
+
+
 def write_side_state(client: redis.Redis, keys: Keys) -> dict[int, dict[str, Any]]:
     """Every ``{bank}:acct:<id>`` hash (version, balance, status); SCAN is fine on the auditor's path."""
     prefix = keys.account(0)[:-1]
-    names = [k for k in client.scan_iter(match=prefix + "*", count=1000)]
+    names = [k for k in client.scan_iter(match=prefix + "*", count=SCAN_COUNT)]
     out: dict[int, dict[str, Any]] = {}
     for start in range(0, len(names), 1000):
         chunk = names[start:start + 1000]
@@ -701,8 +705,13 @@ def verify_redis(
     auditor = Auditor(public_key=public_key, seals=seals, databases=views)
     auditor.report.findings[:0] = db_findings + seal_findings
     auditor.report.warnings += db_warnings
-    auditor.feed(redis_entries(client, keys))
-    write_side = write_side_state(client, keys)
+    # The write side is read during the replay (Redis scans its keyspace while Python replays). It is compared
+    # only when the seq counter did not move from before to after; the compared fields (version, balance,
+    # status) change only inside the append script, so what was read is then exactly the state at that seq.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-write-side") as pool:
+        reading = pool.submit(write_side_state, client, keys)
+        auditor.feed(redis_entries(client, keys))
+        write_side = reading.result()
     after = int(client.get(keys.seq) or 0)
     quiet = before == after
     # Appends that land during the replay are not findings; the write side is compared only on a quiet bank.
