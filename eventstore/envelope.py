@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,9 +139,9 @@ def envelope_dict(
     }
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """A log entry as read back: the exact bytes that were stored (a dataclass: this is the hot read path)."""
+class StoredEvent(NamedTuple):
+    """A log entry as read back: the exact bytes that were stored (a named tuple: the cheapest to build on the
+    bulk readers' hot path, half the cost of a frozen dataclass)."""
 
     entry_id: str
     seq: int

@@ -86,7 +86,7 @@ class PageReader:
 
 def _stored(entry_id: str, seq: bytes, kind: bytes, body: bytes) -> StoredEvent:
     try:
-        return StoredEvent(entry_id=entry_id, seq=int(seq), type=kind.decode(), body=body)
+        return StoredEvent(entry_id, int(seq), kind.decode(), body)
     except (ValueError, UnicodeDecodeError) as error:
         raise LogCorrupted(f"log entry {entry_id!r} is malformed: {error!r}") from error
 

@@ -194,8 +194,9 @@ def apply_event(changes: RowChanges, seq: int, body: dict[str, Any], open_pii: O
         raise ApplyError(f"seq {seq}: unknown event type {body.get('type')!r}")
     try:
         applier(changes, seq, body, body["data"], open_pii)
+        rows = changes.accounts  # the applier has loaded every row it touched: no second load
         for account, version in zip(body["accounts"], body["versions"], strict=True):
-            row = changes.existing(account, seq)
+            row = rows.get(account) or changes.existing(account, seq)
             if version < row.version:
                 raise ApplyError(f"seq {seq}: account {account} version goes back from {row.version} to {version}")
             row.version = version

@@ -22,12 +22,13 @@ from typing import Protocol
 import redis
 
 from eventstore.envelope import StoredEvent
+from eventstore.gc_pause import paused_gc
 from eventstore.keys import Keys
 from eventstore.log import read_after
 from eventstore.log_pages import PageReader
 from projections.database import SIDE_FILES, side_file
 from projections.schema import BUSY_TIMEOUT_MS, connect, create_indexes
-from projections.store import write_batch
+from projections.store import BulkLoad
 
 REBUILD_BATCH = 5000
 CATCH_UP_PASSES = 5
@@ -88,16 +89,22 @@ def catch_up(
     batch: int = REBUILD_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Apply events after ``checkpoint`` (up to ``until`` or the head); returns the new checkpoint."""
-    for events in event_pages(client, keys, checkpoint, until=until, batch=batch):
-        result = write_batch(conn, events, expected_checkpoint=checkpoint, open_pii=pii.open,
-                             prefetch_pii=pii.prefetch)
-        for account in result.erased:
-            pii.forget_cached(account)
-        checkpoint = result.checkpoint
-        if progress is not None:
-            progress(checkpoint)
-    return checkpoint
+    """Apply events after ``checkpoint`` (up to ``until`` or the head) to a private database in one transaction.
+
+    Returns the new checkpoint. ``conn`` must have no other writer (a rebuild's temp file, a diff's snapshot).
+    """
+    load = BulkLoad(conn, checkpoint=checkpoint, open_pii=pii.open, prefetch_pii=pii.prefetch)
+    try:
+        with paused_gc():
+            for events in event_pages(client, keys, checkpoint, until=until, batch=batch):
+                for account in load.apply(events):
+                    pii.forget_cached(account)
+                if progress is not None:
+                    progress(load.checkpoint)
+        return load.commit()
+    except BaseException:
+        load.abort()
+        raise
 
 
 def temp_path_for(target: Path) -> Path:

@@ -184,3 +184,50 @@ def test_rebuild_swaps_in_under_a_live_projector(fake_redis, keys, tmp_path):
     assert checksums(live.db.writer) == checksums(connect(tmp_path / "fresh.db"))
     assert checksums(reader) == checksums(live.db.writer)
     assert live.db.writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(2, 6), st.integers(0, 120), st.integers(0, 10_000), st.sampled_from([1, 3, 100_000]),
+       st.sampled_from([3, 50, 5000]), st.floats(0, 1))
+def test_a_bulk_load_writes_exactly_the_live_projectors_rows(accounts, commands, seed, rows_in_memory, page, split):
+    """However it is paged, split into passes or made to spill its account rows, a bulk load equals the live path."""
+    import tempfile
+    from pathlib import Path
+    from unittest.mock import patch
+
+    from projections import store
+    from projections.rebuild import catch_up
+    from projections.schema import create_indexes
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    keys = Keys()
+    factory = EventFactory(client, keys)
+    opened = factory.open_accounts(accounts, sms=True)
+    factory.random_traffic(opened, commands, seed=seed)
+    factory.update_profile(opened[0], first_name="Ann", phone="+15550001111")
+    factory.erase(opened[-1])
+    factory.random_traffic(opened[:-1], commands // 2, seed=seed + 1)
+    with tempfile.TemporaryDirectory() as work:
+        live = _project(client, keys, factory.vault, Path(work) / "live.db", batch=64)
+        bulk = connect(Path(work) / "bulk.db", live=False)
+        middle = int(factory.last_seq * split)
+        with patch.object(store, "BULK_ROWS_IN_MEMORY", rows_in_memory):
+            assert catch_up(bulk, client, keys, factory.vault, checkpoint=0, until=middle, batch=page) == middle
+            assert catch_up(bulk, client, keys, factory.vault, checkpoint=middle, batch=page) == factory.last_seq
+        create_indexes(bulk)
+        assert checksums(bulk) == checksums(live.db.writer)
+        assert read_checkpoint(bulk) == factory.last_seq
+        bulk.close()
+        live.db.close()
+
+
+def test_a_bulk_load_refuses_a_database_at_another_checkpoint(fake_redis, keys, tmp_path):
+    from projections.rebuild import catch_up
+
+    factory = EventFactory(fake_redis, keys)
+    factory.open_accounts(3)
+    conn = connect(tmp_path / "bulk.db", live=False)
+    catch_up(conn, fake_redis, keys, factory.vault, checkpoint=0, until=2)
+    with pytest.raises(ApplyError, match="expected checkpoint 1"):
+        catch_up(conn, fake_redis, keys, factory.vault, checkpoint=1)
+    assert read_checkpoint(conn) == 2
