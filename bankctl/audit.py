@@ -19,10 +19,9 @@ Events after the last seal are a warning (the sealer seals every second). Offlin
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,12 @@ import pydantic
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bankctl.audit_chain import CHILD_MIN_EVENTS, ChainCheck, ChainCheckProcess, RawEntry
 from eventstore.envelope import EVENT_TYPES, SCHEMA_VERSION, Event
 from eventstore.gc_pause import paused_gc
 from eventstore.keys import Keys
 from eventstore.log_pages import PageReader
 from eventstore.seals import (
-    GENESIS,
-    LEAF_BYTES,
     Seal,
     key_id,
     public_key_bytes,
@@ -58,10 +56,6 @@ ENVELOPE_KEYS = frozenset({"event_id", "type", "schema", "seq", "accounts", "ver
                            "correlation_id", "causation_id", "actor", "occurred_at", "data"})
 _TYPE_BYTES = {name: name.encode() for name in EVENT_TYPES}
 """Every known event type and its bytes as in the entry's ``type`` field."""
-
-RawEntry = tuple[str, bytes, bytes, bytes]
-"""``(stream id, seq field, type field, body)`` exactly as stored."""
-
 
 def _ints(values: list[Any]) -> bool:
     for value in values:
@@ -162,9 +156,8 @@ class Auditor:
         self.seals = sorted(seals, key=lambda s: s.seq)
         self.report.seals = len(self.seals)
         self.report.sealed_seq = self.seals[-1].seq if self.seals else 0
-        self._seal_index = 0
-        self._chain = GENESIS
-        self._window: dict[int, bytes] = {}
+        self._chain_check = ChainCheck(self.seals)
+        self._chain_child: ChainCheckProcess | None = None
         self._expected = 1
         self._head = 0
         self._accounts: dict[int, _Account] = {}
@@ -205,10 +198,25 @@ class Auditor:
 
     # ---------------------------------------------------------------- the replay
 
+    def check_chain_in_child(self, source: Callable[[], Iterable[RawEntry]]) -> None:
+        """Fork a child that checks the hash chain over ``source()`` (the same log, read again) while the next
+        :meth:`feed` only replays: a big log's audit uses both cores. Call before starting any thread."""
+        self._chain_child = ChainCheckProcess(self._chain_check, source)
+
     def feed(self, entries: Iterable[RawEntry]) -> None:
-        """Replay ``entries`` (about 100,000 events/s at a million events), the cyclic collector paused."""
+        """Replay ``entries`` (over 100,000 events/s at a million events), the cyclic collector paused; the hash
+        chain is checked over the same entries, unless a child checks it (:meth:`check_chain_in_child`)."""
         with paused_gc():
-            self._feed(entries)
+            child, self._chain_child = self._chain_child, None
+            if child is None:
+                self._feed(self._chain_check.follow(entries))
+                return
+            try:
+                self._feed(entries)
+            except BaseException:
+                child.abandon()
+                raise
+            child.result()
 
     def _feed(self, entries: Iterable[RawEntry]) -> None:
         """The hot loop: state lives in locals and goes back to ``self`` at the end.
@@ -218,7 +226,6 @@ class Auditor:
         event types, malformed data, any would-be finding) goes through :meth:`_valid_envelope` and
         :meth:`_replay`, so the findings are exactly those of the general code.
         """
-        sha256 = hashlib.sha256
         loads = orjson.loads
         dumps = orjson.dumps
         decode_error = orjson.JSONDecodeError
@@ -227,14 +234,12 @@ class Auditor:
         envelope_keys = ENVELOPE_KEYS
         type_bytes = _TYPE_BYTES
         schema_version = SCHEMA_VERSION
-        leaf_bytes = LEAF_BYTES
-        seals, databases = self.seals, self._databases
-        chain, window, expected, head = self._chain, self._window, self._expected, self._head
+        databases = self._databases
+        expected, head = self._expected, self._head
         states = self._accounts
         commands, event_ids = self._commands, self._event_ids
         add_command, add_event_id = commands.add, event_ids.add
         last_command = self._last_command
-        next_seal = seals[self._seal_index].seq if self._seal_index < len(seals) else never
         next_db = databases[self._db_index].checkpoint if self._db_index < len(databases) else never
         count = 0
         for entry_id, seq_field, type_field, body in entries:
@@ -248,20 +253,6 @@ class Auditor:
                 self._position_findings(entry_id, seq, expected)
             if seq >= expected:
                 expected = seq + 1
-            if seq > next_seal:  # seals whose last event is missing are checked before this entry joins
-                self._chain, self._window = chain, window
-                while self._seal_index < len(seals) and seals[self._seal_index].seq < seq:
-                    self._check_seal(seals[self._seal_index])
-                chain, window = self._chain, self._window
-                next_seal = seals[self._seal_index].seq if self._seal_index < len(seals) else never
-            event_digest = sha256(body).digest()
-            chain = sha256(chain + event_digest).digest()
-            window[seq] = event_digest[:leaf_bytes]
-            if seq == next_seal:
-                self._chain, self._window = chain, window
-                self._check_seal(seals[self._seal_index])
-                chain, window = self._chain, self._window
-                next_seal = seals[self._seal_index].seq if self._seal_index < len(seals) else never
             if seq > head:
                 head = seq
             try:
@@ -367,7 +358,7 @@ class Auditor:
                     self._compare_database(databases[self._db_index], seq)
                     self._db_index += 1
                 next_db = databases[self._db_index].checkpoint if self._db_index < len(databases) else never
-        self._chain, self._window, self._expected, self._head = chain, window, expected, head
+        self._expected, self._head = expected, head
         self._last_command = last_command
         self.report.events += count
 
@@ -414,32 +405,6 @@ class Auditor:
         else:
             self.finding("envelope", seq, "envelope fields have unexpected types or values")
         return False
-
-    def _check_seal(self, seal: Seal) -> None:
-        self._seal_index += 1
-        if self._chain.hex() == seal.chain:
-            self._window = {}
-            return
-        located = []
-        if len(seal.leaves) == LEAF_BYTES * (seal.seq - seal.first_seq + 1):
-            for offset, seq in enumerate(range(seal.first_seq, seal.seq + 1)):
-                leaf = seal.leaves[offset * LEAF_BYTES:(offset + 1) * LEAF_BYTES]
-                ours = self._window.get(seq)
-                if ours is None:
-                    located.append((seq, "is missing"))
-                elif ours != leaf:
-                    located.append((seq, "was altered"))
-            extra = [s for s in self._window if s < seal.first_seq or s > seal.seq]
-            located += [(s, "is not where it was sealed (moved or forged)") for s in sorted(extra)]
-        if located:
-            for seq, what in located[:10]:
-                self.finding("chain", seq, f"event {seq} {what} (compared with the seal at seq {seal.seq})")
-        else:
-            self.finding("chain", seal.seq, f"chain differs from the seal at seq {seal.seq} (events "
-                                            f"{seal.first_seq}..{seal.seq})")
-        # Continue from the signed chain so later, independent tampering is found as well.
-        self._chain = bytes.fromhex(seal.chain)
-        self._window = {}
 
     def _account(self, seq: int, account: int) -> _Account | None:
         state = self._accounts.get(account)
@@ -554,13 +519,9 @@ class Auditor:
     ) -> AuditReport:
         """``seq_counter``: the counter read before and after the replay (equal on a quiet bank)."""
         report = self.report
-        while self._seal_index < len(self.seals):
-            seal = self.seals[self._seal_index]
-            if seal.seq > self._head:
-                self.finding("truncated", seal.seq, f"a seal covers seq {seal.seq} but the log ends at {self._head}")
-                self._seal_index += 1
-            else:
-                self._check_seal(seal)
+        self._chain_check.finish()
+        for check, seq, message in self._chain_check.findings:
+            self.finding(check, seq, message)
         if self._head > report.sealed_seq:
             report.warnings.append(f"events {report.sealed_seq + 1}..{self._head} are not sealed yet")
         if seq_counter is not None and not seq_counter[0] <= self._head <= seq_counter[1]:
@@ -680,6 +641,11 @@ def load_databases(paths: Mapping[str, Path], *, require: bool) -> tuple[list[Da
     return views, findings, warnings
 
 
+def _child_threshold(given: int | None) -> int:
+    """Events from which the hash chain is checked in a child process (see :mod:`bankctl.audit_chain`)."""
+    return CHILD_MIN_EVENTS if given is None else given
+
+
 def verify_redis(
     client: redis.Redis,
     keys: Keys,
@@ -687,6 +653,7 @@ def verify_redis(
     public_key: Ed25519PublicKey | None,
     databases: Mapping[str, Path] | None = None,
     require_databases: bool = False,
+    chain_child_min_events: int | None = None,
 ) -> AuditReport:
     """Audit the live log in Redis (databases are read first, so their checkpoints are within the log)."""
     views, db_findings, db_warnings = load_databases(databases or {}, require=require_databases)
@@ -699,6 +666,8 @@ def verify_redis(
     # The write side is read during the replay (Redis scans its keyspace while Python replays). It is compared
     # only when the seq counter did not move from before to after; the compared fields (version, balance,
     # status) change only inside the append script, so what was read is then exactly the state at that seq.
+    if before >= _child_threshold(chain_child_min_events):
+        auditor.check_chain_in_child(lambda: redis_entries(client, keys))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-write-side") as pool:
         reading = pool.submit(write_side_state, client, keys)
         auditor.feed(redis_entries(client, keys))
@@ -744,7 +713,8 @@ class ExportError(ValueError):
     """The file is not an audit export."""
 
 
-def verify_export(path: Path, *, public_key: Ed25519PublicKey | None = None) -> AuditReport:
+def verify_export(path: Path, *, public_key: Ed25519PublicKey | None = None,
+                  chain_child_min_events: int | None = None) -> AuditReport:
     """Audit an export offline. Without ``public_key`` the key in the file is used (and a warning says so)."""
     with open(path, "rb") as handle:
         first = handle.readline()
@@ -776,19 +746,23 @@ def verify_export(path: Path, *, public_key: Ed25519PublicKey | None = None) -> 
                     bad.append(Finding("seal", None, f"line {number}: malformed seal: {error!r}"))
             elif record.get("kind") == "account":
                 write_side[int(record["account"])] = {k: record.get(k) for k in ("version", "balance", "status")}
-        auditor = Auditor(public_key=public_key, seals=seals)
-        auditor.report.findings[:0] = bad
-        auditor.report.warnings += warnings
-        handle.seek(events_at)
-
-        def entries() -> Iterator[RawEntry]:
-            for line in handle:
-                if not line.startswith(b'{"kind":"event"'):
-                    continue
-                record = orjson.loads(line)
-                yield (record["id"], record["seq"].encode(), record["type"].encode(),
-                       record["body"].encode(errors="surrogateescape"))
-
-        auditor.feed(entries())
     counter = int(header.get("seq_counter", 0))
+    auditor = Auditor(public_key=public_key, seals=seals)
+    auditor.report.findings[:0] = bad
+    auditor.report.warnings += warnings
+    if counter >= _child_threshold(chain_child_min_events):
+        auditor.check_chain_in_child(lambda: export_entries(path, events_at))
+    auditor.feed(export_entries(path, events_at))
     return auditor.finish(seq_counter=(counter, counter), write_side=write_side)
+
+
+def export_entries(path: Path, offset: int) -> Iterator[RawEntry]:
+    """The event lines of an export from ``offset`` on, as raw entries."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for line in handle:
+            if not line.startswith(b'{"kind":"event"'):
+                continue
+            record = orjson.loads(line)
+            yield (record["id"], record["seq"].encode(), record["type"].encode(),
+                   record["body"].encode(errors="surrogateescape"))

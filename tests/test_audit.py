@@ -48,8 +48,10 @@ def _checks(report):
     return {(f.check, f.seq) for f in report.findings}
 
 
-@pytest.fixture
-def sealed_bank(real_redis, keys):
+@pytest.fixture(params=["chain-in-process", "chain-in-child"])
+def sealed_bank(request, real_redis, keys, monkeypatch):
+    """Every tamper test runs twice: the hash chain checked alongside the replay, and in a forked child."""
+    monkeypatch.setattr("bankctl.audit.CHILD_MIN_EVENTS", 0 if request.param == "chain-in-child" else 10**9)
     factory = _bank(real_redis, keys)
     key = Ed25519PrivateKey.generate()
     _seal_all(real_redis, keys, key)
