@@ -31,7 +31,7 @@ chaos: deps
 	$(VENV)/bin/bankctl chaos --profile long
 
 bench: deps
-	$(VENV)/bin/bankctl bench
+	$(VENV)/bin/bankctl bench --events 1000000
 
 demo: deps
 	$(PY) -m bankctl.demo
