@@ -9,8 +9,12 @@ Checks, each reported as a :class:`Finding` with the seq where it happens:
 - the money: no negative balance, every ``balance_after`` consistent with the replay, every transfer nets to
   zero, deposits minus withdrawals equal the sum of balances, versions advance by one per command, no
   command id in two places, no event id twice;
-- the final state of every account against the write side (``{bank}:acct:<id>``: version, balance, status),
-  the seq counter against the log head, and both databases at their own checkpoints.
+- the final state of every account against the write side (``{bank}:acct:<id>``: version, balance, status)
+  and every account hash of an id the bank could have issued (up to the account-id counter; ``scan_keyspace``
+  looks at every key), the seq counter against the log head, and both databases at their own checkpoints.
+
+On a big log the hash chain (and the canonical-bytes check) runs in a forked child while this process replays
+(:mod:`bankctl.audit_chain`), and the write side is read during the replay.
 
 A missing database is a warning (projectors may be down or rebuilding) unless ``require_databases`` is set.
 Events after the last seal are a warning (the sealer seals every second). Offline verification reads an export
@@ -32,7 +36,7 @@ import pydantic
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bankctl.audit_chain import CHILD_MIN_EVENTS, ChainCheck, ChainCheckProcess, RawEntry
+from bankctl.audit_chain import CHILD_MIN_EVENTS, NOT_CANONICAL, ChainCheck, ChainCheckProcess, RawEntry
 from eventstore.envelope import EVENT_TYPES, SCHEMA_VERSION, Event
 from eventstore.gc_pause import paused_gc
 from eventstore.keys import Keys
@@ -198,6 +202,10 @@ class Auditor:
 
     # ---------------------------------------------------------------- the replay
 
+    def replayed_accounts(self) -> set[int]:
+        """Every account the replay has seen opened."""
+        return set(self._accounts)
+
     def check_chain_in_child(self, source: Callable[[], Iterable[RawEntry]]) -> None:
         """Fork a child that checks the hash chain over ``source()`` (the same log, read again) while the next
         :meth:`feed` only replays: a big log's audit uses both cores. Call before starting any thread."""
@@ -209,17 +217,19 @@ class Auditor:
         with paused_gc():
             child, self._chain_child = self._chain_child, None
             if child is None:
-                self._feed(self._chain_check.follow(entries))
+                self._feed(self._chain_check.follow(entries), check_canonical=True)
                 return
             try:
-                self._feed(entries)
+                self._feed(entries, check_canonical=False)
             except BaseException:
                 child.abandon()
                 raise
             child.result()
 
-    def _feed(self, entries: Iterable[RawEntry]) -> None:
+    def _feed(self, entries: Iterable[RawEntry], *, check_canonical: bool) -> None:
         """The hot loop: state lives in locals and goes back to ``self`` at the end.
+
+        ``check_canonical``: compare each body with its canonical re-encoding here (else the chain's child does).
 
         Money events whose every check passes take an inlined path that first proves, without changing any
         state, that :meth:`_replay` would find nothing, then applies what it would apply. Anything else (other
@@ -260,6 +270,8 @@ class Auditor:
             except decode_error as error:
                 self.finding("envelope", seq, f"body is not JSON: {error}")
                 continue
+            if check_canonical and dumps(envelope, option=sort_keys) != body:
+                self.finding("envelope", seq, NOT_CANONICAL)
             # The structural check of _valid_envelope, inlined; a failure goes to _valid_envelope for the finding.
             valid = False
             if type(envelope) is dict and envelope.keys() == envelope_keys:
@@ -291,8 +303,6 @@ class Auditor:
                             valid = False
             if not valid and not self._valid_envelope(seq, envelope, type_field):
                 continue
-            if dumps(envelope, option=sort_keys) != body:
-                self.finding("envelope", seq, "body is not in canonical form (re-encoded or edited)")
             fast = False
             if (valid and (command_id == last_command or command_id not in commands) and event_id not in event_ids
                     and (len(accounts) == 1 or (len(accounts) == 2 and accounts[0] != accounts[1]))):
@@ -586,28 +596,48 @@ def redis_seals(client: redis.Redis, keys: Keys, auditor_findings: list[Finding]
 
 
 SCAN_COUNT = 10_000  # keys the server looks at per SCAN call: most keys are command outcomes, not accounts
+_HMGET_CHUNK = 1000
 
 
-def write_side_state(client: redis.Redis, keys: Keys) -> dict[int, dict[str, Any]]:
-    """Every ``{bank}:acct:<id>`` hash (version, balance, status); SCAN is fine on the auditor's path."""
-    prefix = keys.account(0)[:-1]
-    names = [k for k in client.scan_iter(match=prefix + "*", count=SCAN_COUNT)]
+def read_write_side(client: redis.Redis, keys: Keys, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Version, balance and status of each ``{bank}:acct:<id>`` hash that exists among ``ids``."""
+    ordered = list(ids)
     out: dict[int, dict[str, Any]] = {}
-    for start in range(0, len(names), 1000):
-        chunk = names[start:start + 1000]
+    for start in range(0, len(ordered), _HMGET_CHUNK):
+        chunk = ordered[start:start + _HMGET_CHUNK]
         pipe = client.pipeline(transaction=False)
-        for name in chunk:
-            pipe.hmget(name, "version", "balance", "status")
-        for name, (version, balance, status) in zip(chunk, pipe.execute(), strict=True):
-            suffix = (name.decode() if isinstance(name, bytes) else name)[len(prefix):]
-            if not suffix.isdigit():
+        for account in chunk:
+            pipe.hmget(keys.account(account), "version", "balance", "status")
+        for account, (version, balance, status) in zip(chunk, pipe.execute(), strict=True):
+            if version is None and balance is None and status is None:
                 continue
-            out[int(suffix)] = {
+            out[account] = {
                 "version": int(version) if version is not None else None,
                 "balance": int(balance) if balance is not None else None,
                 "status": status.decode() if status is not None else None,
             }
     return out
+
+
+def issued_account_ids(client: redis.Redis, keys: Keys) -> range:
+    """Every id the bank can have handed out: 0 (the admin) up to the account-id counter (ids are never reused)."""
+    return range(int(client.get(keys.account_ids) or 0) + 1)
+
+
+def scanned_account_ids(client: redis.Redis, keys: Keys) -> list[int]:
+    """The id of every account hash in the keyspace, whatever its id (a full SCAN: its cost grows with ALL keys)."""
+    prefix = keys.account(0)[:-1]
+    out = []
+    for name in client.scan_iter(match=prefix + "*", count=SCAN_COUNT):
+        suffix = (name.decode() if isinstance(name, bytes) else name)[len(prefix):]
+        if suffix.isdigit():
+            out.append(int(suffix))
+    return out
+
+
+def write_side_state(client: redis.Redis, keys: Keys) -> dict[int, dict[str, Any]]:
+    """Every account hash in the keyspace (the export's snapshot: found by SCAN, wherever its id)."""
+    return read_write_side(client, keys, sorted(scanned_account_ids(client, keys)))
 
 
 def read_database(name: str, path: Path) -> DatabaseView:
@@ -654,6 +684,7 @@ def verify_redis(
     databases: Mapping[str, Path] | None = None,
     require_databases: bool = False,
     chain_child_min_events: int | None = None,
+    scan_keyspace: bool = False,
 ) -> AuditReport:
     """Audit the live log in Redis (databases are read first, so their checkpoints are within the log)."""
     views, db_findings, db_warnings = load_databases(databases or {}, require=require_databases)
@@ -666,12 +697,25 @@ def verify_redis(
     # The write side is read during the replay (Redis scans its keyspace while Python replays). It is compared
     # only when the seq counter did not move from before to after; the compared fields (version, balance,
     # status) change only inside the append script, so what was read is then exactly the state at that seq.
+    # By default the write side is read for every id the bank can have issued (O(accounts)); --scan-keyspace
+    # also SCANs the whole keyspace (O(all keys): 4 s at 2.6 million keys here) for account hashes planted above
+    # the counter, which the replay otherwise finds only once they are used. Accounts the log opened above the
+    # counter are read after the replay.
+    issued = issued_account_ids(client, keys)
+
+    def read_side() -> tuple[dict[int, dict[str, Any]], set[int]]:
+        ids = set(issued)
+        if scan_keyspace:
+            ids.update(scanned_account_ids(client, keys))
+        return read_write_side(client, keys, sorted(ids)), ids
+
     if before >= _child_threshold(chain_child_min_events):
         auditor.check_chain_in_child(lambda: redis_entries(client, keys))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-write-side") as pool:
-        reading = pool.submit(write_side_state, client, keys)
+        reading = pool.submit(read_side)
         auditor.feed(redis_entries(client, keys))
-        write_side = reading.result()
+        write_side, checked = reading.result()
+    write_side.update(read_write_side(client, keys, sorted(auditor.replayed_accounts() - checked)))
     after = int(client.get(keys.seq) or 0)
     quiet = before == after
     # Appends that land during the replay are not findings; the write side is compared only on a quiet bank.

@@ -16,6 +16,8 @@ import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import orjson
+
 from eventstore.seals import GENESIS, LEAF_BYTES, Seal
 
 RawEntry = tuple[str, bytes, bytes, bytes]
@@ -23,6 +25,8 @@ RawEntry = tuple[str, bytes, bytes, bytes]
 
 ChainFinding = tuple[str, int | None, str]
 """``(check, seq, message)``: turned into the report's findings by the auditor."""
+
+NOT_CANONICAL = "body is not in canonical form (re-encoded or edited)"
 
 CHILD_MIN_EVENTS = 50_000
 """Below this many events the chain is checked in-process (a fork costs more than it saves)."""
@@ -45,9 +49,26 @@ class ChainCheck:
         self.head = 0
         self.findings: list[ChainFinding] = []
 
-    def feed(self, entries: Iterable[RawEntry]) -> None:
-        for _ in self.follow(entries):
-            pass
+    def feed(self, entries: Iterable[RawEntry], *, check_canonical: bool = False) -> None:
+        """Hash every entry; ``check_canonical`` also compares each JSON body with its canonical encoding (the
+        child does, so that the replaying parent need not re-encode; a body that is not JSON is the parent's)."""
+        if not check_canonical:
+            for _ in self.follow(entries):
+                pass
+            return
+        loads, dumps, sort_keys = orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS
+        findings = self.findings
+        for entry in self.follow(entries):
+            body = entry[3]
+            try:
+                canonical = dumps(loads(body), option=sort_keys) == body
+            except orjson.JSONDecodeError:
+                continue
+            if not canonical:
+                try:
+                    findings.append(("envelope", int(entry[1]), NOT_CANONICAL))
+                except ValueError:  # the parent reports the entry and skips it
+                    continue
 
     def follow(self, entries: Iterable[RawEntry]) -> Iterator[RawEntry]:
         """Hash each entry into the chain, then hand it on (so a replay can run over the same pass)."""
@@ -130,7 +151,7 @@ class ChainCheck:
 def _check_in_child(check: ChainCheck, source: Callable[[], Iterable[RawEntry]], send: Any) -> None:
     gc.disable()  # no cycles are made; see eventstore.gc_pause
     try:
-        check.feed(source())
+        check.feed(source(), check_canonical=True)
         send.send(check.state())
     except BaseException as error:  # reported by the parent
         send.send(ChainCheckFailed(f"the chain check could not read the log: {error!r}"))

@@ -43,10 +43,13 @@ def audit_group() -> None:
 @click.option("--public-key", "public_key", type=click.Path(dir_okay=False), default=None,
               help="Seal verification key (default: signing.pub in the data directory).")
 @click.option("--require-databases", is_flag=True, help="A missing or unreadable database is a finding.")
+@click.option("--scan-keyspace", is_flag=True,
+              help="Also SCAN every Redis key for account hashes above the account-id counter (slow on a big "
+                   "keyspace; such a hash is otherwise found once it is used).")
 @json_option
 @click.pass_context
 def verify_cmd(ctx: click.Context, from_file: str | None, public_key: str | None, require_databases: bool,
-               as_json: bool) -> None:
+               scan_keyspace: bool, as_json: bool) -> None:
     """Replay the whole log: envelopes, gapless seq, seals and signatures, invariants, write side, databases."""
     from bankctl.audit import ExportError, verify_export, verify_redis
 
@@ -59,7 +62,7 @@ def verify_cmd(ctx: click.Context, from_file: str | None, public_key: str | None
             report = verify_redis(settings.connect("admin"), settings.keys, public_key=key,
                                   databases={"database1": settings.database_path(1),
                                              "database2": settings.database_path(2)},
-                                  require_databases=require_databases)
+                                  require_databases=require_databases, scan_keyspace=scan_keyspace)
     except ExportError as error:
         raise BankctlError(str(error), Exit.INVALID, "invalid_request") from error
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:

@@ -85,6 +85,20 @@ def test_changed_field_of_one_event_is_pinpointed(sealed_bank, real_redis, keys)
     assert ("chain", victim) in _checks(report), report.render()
 
 
+def test_a_re_encoded_body_is_reported_as_not_canonical(sealed_bank, real_redis, keys):
+    _factory, key = sealed_bank
+    entries = _entries(real_redis, keys)
+    victim = 41
+    entry_id, fields = entries[victim - 1]
+    same_content = orjson.dumps(orjson.loads(fields[b"body"]), option=orjson.OPT_INDENT_2)  # other bytes, same JSON
+    entries[victim - 1] = (entry_id, {**fields, b"body": same_content})
+    _rewrite(real_redis, keys, entries)
+    report = verify_redis(real_redis, keys, public_key=key.public_key())
+    assert _checks(report) == {("envelope", victim), ("chain", victim)}, report.render()
+    assert [f.message for f in report.findings if f.check == "envelope"] == [
+        "body is not in canonical form (re-encoded or edited)"]
+
+
 def test_changed_amount_is_reported_at_its_seq(sealed_bank, real_redis, keys):
     _factory, key = sealed_bank
     entries = _entries(real_redis, keys)
@@ -171,6 +185,26 @@ def test_write_side_and_database_disagreement_is_reported(sealed_bank, real_redi
     assert all(f.seq for f in report.findings if f.check in ("write-side", "database"))
 
 
+def test_a_planted_account_hash_is_found_in_the_issued_ids_or_with_a_keyspace_scan(sealed_bank, real_redis, keys):
+    factory, key = sealed_bank
+    newest = factory.next_account - 1
+    real_redis.set(keys.account_ids, newest + 10)  # ids handed out to opens that were then refused: gaps
+    assert verify_redis(real_redis, keys, public_key=key.public_key()).ok
+    gap, above = newest + 5, newest + 50
+
+    def planted(report):
+        return [f.message for f in report.findings if f.check == "write-side" and f.seq is None]
+
+    real_redis.hset(keys.account(above), mapping={"version": 1, "balance": 10_000_00, "status": "open"})
+    assert planted(verify_redis(real_redis, keys, public_key=key.public_key())) == []  # only a scan looks there
+    assert planted(verify_redis(real_redis, keys, public_key=key.public_key(), scan_keyspace=True)) == [
+        f"write side has account {above}, which the log never opened"]
+    real_redis.delete(keys.account(above))
+    real_redis.hset(keys.account(gap), mapping={"version": 1, "balance": 5_00, "status": "open"})
+    assert planted(verify_redis(real_redis, keys, public_key=key.public_key())) == [
+        f"write side has account {gap}, which the log never opened"]
+
+
 def test_missing_database_is_a_warning_or_with_the_flag_a_finding(sealed_bank, real_redis, keys, tmp_path):
     _factory, key = sealed_bank
     dbs = {"database1": tmp_path / "nope.db"}
@@ -212,6 +246,11 @@ def test_cli_verify_and_export(real_redis, redis_server, keys, tmp_path):
     assert orjson.loads(result.stdout)["ok"] is True
     result = runner.invoke(cli, [*base, "audit", "export", "--out", str(tmp_path / "x.jsonl"), "--json"])
     assert result.exit_code == 0, result.output
+    real_redis.hset(keys.account(999), mapping={"version": 1, "balance": 1, "status": "open"})
+    assert runner.invoke(cli, [*base, "audit", "verify"]).exit_code == 0
+    result = runner.invoke(cli, [*base, "audit", "verify", "--scan-keyspace"])
+    assert result.exit_code == 1 and "account 999, which the log never opened" in result.stdout
+    real_redis.delete(keys.account(999))
     real_redis.xdel(keys.events, "20-0")
     result = runner.invoke(cli, [*base, "audit", "verify"])
     assert result.exit_code == 1 and "seq 20" in result.stdout
