@@ -1,8 +1,9 @@
-"""Writing a batch of events into a projection database: one SQLite transaction with its checkpoint.
+"""Writing events into a projection database, always through the same appliers (so every path gives the same rows).
 
-Used by the live projector, the rebuild and the offline catch-up of ``projections diff``, so all three produce
-byte-identical rows. The batch is checked to continue the checkpoint without a gap; a checkpoint that moved
-underneath (a rebuild swapped the database in) is reported, not overwritten.
+:func:`write_batch` (the live projector): one SQLite transaction per batch with its checkpoint; the batch is
+checked to continue the checkpoint without a gap, and a checkpoint that moved underneath (a rebuild swapped the
+database in) is reported, not overwritten. :class:`BulkLoad` (a rebuild, the offline catch-up of ``projections
+diff``): a private file, loaded in one transaction with the account rows kept in memory.
 """
 
 from __future__ import annotations
