@@ -344,7 +344,7 @@ class CommandHandler:
         if commands:
             out.outcomes = {r.command_id: stored for r, stored in zip(commands, results.pop(0), strict=True)}
         if ordered:
-            out.states = self.state_loader.parse(ordered, results.pop(0))
+            out.states = self.state_loader.take(ordered, results)
         return out
 
     def _admit(

@@ -2,11 +2,14 @@
 
 A read-only script returns each account's fields joined into one string, so a batch of hundreds of accounts is
 one reply element per account instead of nineteen; parsing replies is most of a handler's client-side cost.
+A handful of accounts (a single command's) is read with plain HMGETs instead: a script call costs Redis 7.0
+about 18 us against 4 us for an HMGET, and at one command per round that overhead is paid per command.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 
@@ -15,6 +18,7 @@ from eventstore.keys import Keys
 
 FIELDS = (b"version", b"balance", b"status", b"role", b"erased", b"sms", b"cred_salt", b"cred_kdf", b"cred_key")
 _SEPARATOR = b"\x00"  # cannot occur in any field: numbers, words, hex, JSON and base64url
+SCRIPT_FROM = 4  # accounts from which one script call is cheaper than an HMGET each
 
 _SCRIPT = """
 local out = {}
@@ -55,10 +59,23 @@ class StateLoader:
         caller runs the pipeline again after :meth:`reload`.
         """
         ordered = sorted(set(accounts))
-        if ordered:
+        if len(ordered) >= SCRIPT_FROM:
             keys = [self._keys.account(a) for a in ordered]
             pipe.evalsha(self._script.sha, len(keys), *keys)
+        else:
+            for account in ordered:
+                pipe.hmget(self._keys.account(account), *FIELDS)
         return ordered
+
+    def take(self, ordered: list[int], results: list[Any]) -> dict[int, AccountState]:
+        """Remove the replies of a load queued by :meth:`queue` from the front of ``results``; parse them."""
+        if len(ordered) >= SCRIPT_FROM:
+            return self.parse(ordered, results.pop(0))
+        out = {}
+        for account in ordered:
+            values = [b"" if value is None else value for value in results.pop(0)]
+            out[account] = self._state(account, values) if values[0] else AccountState(account_id=account)
+        return out
 
     def reload(self) -> None:
         """Load the script into Redis again (after a restart or a SCRIPT FLUSH)."""
@@ -72,6 +89,10 @@ class StateLoader:
                 continue
             values = packed.split(_SEPARATOR)
             assert len(values) == len(FIELDS), f"account {account}: unexpected state layout"
-            out[account] = state_from_hash(account, {name: value for name, value in zip(FIELDS, values, strict=True)
-                                                     if value or name in (b"version", b"balance")})
+            out[account] = self._state(account, values)
         return out
+
+    @staticmethod
+    def _state(account: int, values: list[bytes]) -> AccountState:
+        return state_from_hash(account, {name: value for name, value in zip(FIELDS, values, strict=True)
+                                         if value or name in (b"version", b"balance")})
