@@ -32,21 +32,6 @@ class PageReader:
         self._keys = keys
         self.page = page
 
-    def page_after(self, after_seq: int, *, count: int | None = None, last: int | None = None) -> list[RawEntry]:
-        """Up to ``count`` raw entries with stream id after ``<after_seq>-0`` (and at most ``<last>-0``)."""
-        end = "+" if last is None else f"{last}-0"
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_command("XRANGE", self._keys.events, f"({after_seq}-0", end, "COUNT", count or self.page)
-            rows = conn.read_response(disable_decoding=True)
-        except BaseException:
-            conn.disconnect()  # a reply may still be on its way
-            raise
-        finally:
-            pool.release(conn)
-        return raw_entries(rows)
-
     def raw_pages(self, start: str = "-", last: int | None = None) -> Iterator[list[RawEntry]]:
         """Pages of raw entries in stream order from ``start`` (an XRANGE bound) to ``last`` or the end.
 
@@ -78,10 +63,6 @@ class PageReader:
         """Pages of events after ``after_seq``, for a rebuild or a catch-up."""
         for page in self.raw_pages(f"({after_seq}-0", last):
             yield [_stored(*entry) for entry in page]
-
-    def events_after(self, after_seq: int, *, count: int | None = None, last: int | None = None) -> list[StoredEvent]:
-        """Like :func:`eventstore.log.read_after`, for bulk readers."""
-        return [_stored(*entry) for entry in self.page_after(after_seq, count=count, last=last)]
 
 
 def _stored(entry_id: str, seq: bytes, kind: bytes, body: bytes) -> StoredEvent:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import redis
 
-from eventstore.envelope import StoredEvent
 from eventstore.gc_pause import paused_gc
 from eventstore.keys import Keys
-from eventstore.log import read_after
 from eventstore.log_pages import PageReader
 from projections.database import SIDE_FILES, side_file
 from projections.schema import BUSY_TIMEOUT_MS, connect, create_indexes
@@ -55,29 +53,6 @@ class RebuildResult:
         return self.events / self.seconds if self.seconds > 0 else float("inf")
 
 
-def event_pages(
-    client: redis.Redis, keys: Keys, after_seq: int, *, until: int | None, batch: int
-) -> Iterator[list[StoredEvent]]:
-    """Pages of events after ``after_seq``: packed and prefetched when this connection may run scripts."""
-    try:
-        reader = PageReader(client, keys, page=batch)
-        reader.page_after(after_seq, count=1)
-    except redis.ResponseError as error:
-        if "NOPERM" not in str(error):
-            raise
-        reader = None
-    if reader is not None:
-        yield from reader.event_pages(after_seq, until)
-        return
-    while until is None or after_seq < until:
-        count = batch if until is None else min(batch, until - after_seq)
-        events = read_after(client, keys, after_seq, count=count)
-        if not events:
-            return
-        yield events
-        after_seq = events[-1].seq
-
-
 def catch_up(
     conn: sqlite3.Connection,
     client: redis.Redis,
@@ -96,7 +71,7 @@ def catch_up(
     load = BulkLoad(conn, checkpoint=checkpoint, open_pii=pii.open, prefetch_pii=pii.prefetch)
     try:
         with paused_gc():
-            for events in event_pages(client, keys, checkpoint, until=until, batch=batch):
+            for events in PageReader(client, keys, page=batch).event_pages(checkpoint, until):
                 for account in load.apply(events):
                     pii.forget_cached(account)
                 if progress is not None:
