@@ -225,15 +225,6 @@ class SessionStore:
             out.append(self._check(fields, session_id, record, now) if record else None)
         return out
 
-    def authenticate_many(
-        self, requests: Sequence[Mapping[bytes, bytes]], *, now: float
-    ) -> list[AuthenticatedSession | None]:
-        """The session of each request whose session exists and whose MAC and age are valid; one MGET."""
-        ids = self.session_ids(requests)
-        distinct = sorted({i for i in ids if i})
-        records = dict(zip(distinct, self._client.mget(self.record_keys(distinct)), strict=True)) if distinct else {}
-        return self.verify_many(requests, ids, records, now=now)
-
     def _check(
         self, fields: Mapping[bytes, bytes], session_id: str | None, raw: bytes, now: float
     ) -> AuthenticatedSession | None:

@@ -8,6 +8,7 @@ returns the first outcome, so the command takes effect at most once however ofte
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import redis
 
 from auth_zkp.sessions import sign_request
 from commands.requests import BATCH_TYPE, MAX_BATCH_COMMANDS
+from eventstore.direct import DirectConnection
 from eventstore.keys import Keys
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -74,6 +76,11 @@ def batch_results(reply: dict[str, Any], count: int) -> list[dict[str, Any]]:
     return [reply] * count
 
 
+def _seconds(timeout_s: float) -> str:
+    """A BLPOP timeout: Redis takes fractional seconds (0 would mean forever, so never below a millisecond)."""
+    return f"{max(timeout_s, 0.001):.3f}"
+
+
 class BankClient:
     """Sends commands and queries and waits for their replies."""
 
@@ -89,6 +96,14 @@ class BankClient:
         self.keys = keys
         self.timeout_s = timeout_s
         self.attempts = attempts
+        self._local = threading.local()  # one direct connection per thread that uses this client
+
+    @property
+    def _direct(self) -> DirectConnection:
+        direct = getattr(self._local, "direct", None)
+        if direct is None:
+            direct = self._local.direct = DirectConnection(self.client)
+        return direct
 
     def command(self, request: Request) -> dict[str, Any]:
         return self._roundtrip(self.keys.commands, request)
@@ -121,10 +136,10 @@ class BankClient:
     def _send_and_wait(self, stream: str, fields: dict[bytes, bytes | str], reply_key: str) -> dict[str, Any] | None:
         """XADD and the first BLPOP in one round trip (the BLPOP waits on the server for the handler's reply)."""
         began = time.monotonic()
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xadd(stream, fields, maxlen=MAX_REQUEST_STREAM_LEN, approximate=True)
-        pipe.blpop([reply_key], timeout=min(self.timeout_s, BLOCK_SLICE_S))
-        _entry_id, popped = pipe.execute()
+        _entry_id, popped = self._direct.execute([
+            ("XADD", stream, "MAXLEN", "~", MAX_REQUEST_STREAM_LEN, "*", *(x for pair in fields.items() for x in pair)),
+            ("BLPOP", reply_key, _seconds(min(self.timeout_s, BLOCK_SLICE_S))),
+        ])
         if popped is not None:
             return orjson.loads(popped[1])
         return self._wait(reply_key, self.timeout_s - (time.monotonic() - began))

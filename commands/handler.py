@@ -47,6 +47,7 @@ from commands.state import AccountState
 from commands.state_loader import StateLoader
 from eventstore.append import MAX_COMMANDS_PER_APPEND, Appender, AppendResult, AppendStatus, PreparedCommand
 from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.direct import Command, DirectConnection
 from eventstore.envelope import utc_timestamp
 from eventstore.groups import ConsumerGroup, Entry
 from eventstore.keys import KEYS, Keys
@@ -180,6 +181,7 @@ class CommandHandler:
         self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
         self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s, ack_group=GROUP)
         self.state_loader = StateLoader(client, keys=keys)
+        self.direct = DirectConnection(client)  # the per-batch reads: no client layers (see eventstore.direct)
         self.auth = AuthService(client, keys=keys, vault=vault, server_id=server_id, sessions=self.sessions)
         self.counters: dict[str, int] = {
             "processed": 0, "events": 0, "rejected": 0, "refused": 0, "dead": 0, "dups": 0, "conflicts": 0,
@@ -322,20 +324,18 @@ class CommandHandler:
         commands = [r for r in requests if r.command is not None]
         accounts = {a for r in commands if not isinstance(r.command, OpenAccount)
                     for a in touched_accounts(r.command, _NO_CONTEXT)}  # type: ignore[arg-type]
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            if distinct:
-                pipe.mget(self.sessions.record_keys(distinct))
-            if commands:
-                pipe.mget([self.keys.command_outcome(r.command_id) for r in commands])
-            ordered = self.state_loader.queue(pipe, accounts)
-            try:
-                results = pipe.execute() if (distinct or commands or ordered) else []
-                break
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                self.state_loader.reload()
+        round_trip: list[Command] = []
+        if distinct:
+            round_trip.append(("MGET", *self.sessions.record_keys(distinct)))
+        if commands:
+            round_trip.append(("MGET", *(self.keys.command_outcome(r.command_id) for r in commands)))
+        ordered, loads = self.state_loader.commands(accounts)
+        round_trip += loads
+        try:
+            results = self.direct.execute(round_trip)
+        except redis.exceptions.NoScriptError:
+            self.state_loader.reload()
+            results = self.direct.execute(round_trip)
         out = Preload()
         if distinct:
             records = dict(zip(distinct, results.pop(0), strict=True))
@@ -603,17 +603,16 @@ class CommandHandler:
             self.vault.destroy_data_key(account)
         for account in batch.revoke:
             self.sessions.revoke_all_for(account)
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[Command] = []
         for request_id, body in batch.replies + batch.encoded_batch_replies():
             key = self.keys.reply(request_id)
-            pipe.rpush(key, body)
-            pipe.expire(key, self.config.reply_ttl_s)
+            commands.append(("RPUSH", key, body))
+            commands.append(("EXPIRE", key, self.config.reply_ttl_s))
         ack_ids = [i for i in dict.fromkeys(batch.ack_ids) if i not in batch.acked_by_script]
         if ack_ids:
-            pipe.xack(self.group.stream, GROUP, *ack_ids)
-            pipe.xdel(self.group.stream, *ack_ids)
-        if len(pipe):
-            pipe.execute()
+            commands.append(("XACK", self.group.stream, GROUP, *ack_ids))
+            commands.append(("XDEL", self.group.stream, *ack_ids))
+        self.direct.execute(commands)
 
 
 def _decide_lock(data: dict[str, Any], state: AccountState) -> Decision | Rejection:

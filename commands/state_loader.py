@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from commands.state import AccountState, state_from_hash
+from eventstore.direct import Command
 from eventstore.keys import Keys
 
 FIELDS = (b"version", b"balance", b"status", b"role", b"erased", b"sms", b"cred_salt", b"cred_kdf", b"cred_key")
@@ -38,7 +39,7 @@ return out
 
 
 class StateLoader:
-    """``load(accounts) -> {id: AccountState}`` with one EVALSHA, or queued in a caller's pipeline."""
+    """``load(accounts) -> {id: AccountState}`` with one EVALSHA, or as commands for a caller's round trip."""
 
     def __init__(self, client: redis.Redis, *, keys: Keys) -> None:
         self._client = client
@@ -51,24 +52,20 @@ class StateLoader:
             return {}
         return self.parse(ordered, self._script(keys=[self._keys.account(a) for a in ordered]))
 
-    def queue(self, pipe: redis.client.Pipeline, accounts: Iterable[int]) -> list[int]:
-        """Add the load to ``pipe`` (saves a round trip); returns the order :meth:`parse` needs with the reply.
+    def commands(self, accounts: Iterable[int]) -> tuple[list[int], list[Command]]:
+        """The load as raw commands for a caller's round trip (saves one), and the order :meth:`take` needs.
 
-        Queued as a bare EVALSHA: redis-py would otherwise ask ``SCRIPT EXISTS`` before every such pipeline, one
-        more round trip than the load itself. A Redis that lost its script cache answers NOSCRIPT, and the
-        caller runs the pipeline again after :meth:`reload`.
+        A bare EVALSHA: a Redis that lost its script cache answers NOSCRIPT, and the caller sends the round
+        trip again after :meth:`reload`.
         """
         ordered = sorted(set(accounts))
         if len(ordered) >= SCRIPT_FROM:
             keys = [self._keys.account(a) for a in ordered]
-            pipe.evalsha(self._script.sha, len(keys), *keys)
-        else:
-            for account in ordered:
-                pipe.hmget(self._keys.account(account), *FIELDS)
-        return ordered
+            return ordered, [("EVALSHA", self._script.sha, len(keys), *keys)]
+        return ordered, [("HMGET", self._keys.account(account), *FIELDS) for account in ordered]
 
     def take(self, ordered: list[int], results: list[Any]) -> dict[int, AccountState]:
-        """Remove the replies of a load queued by :meth:`queue` from the front of ``results``; parse them."""
+        """Remove the replies of the load's :meth:`commands` from the front of ``results``; parse them."""
         if len(ordered) >= SCRIPT_FROM:
             return self.parse(ordered, results.pop(0))
         out = {}

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 
-import hiredis
 import redis
 
+from eventstore.direct import DirectConnection
 from eventstore.keys import Keys
 
 _SCRIPT_SOURCE = resources.files("eventstore").joinpath("append.lua").read_text(encoding="utf-8")
@@ -92,7 +92,7 @@ class Appender:
     ) -> None:
         self.client = client
         self._script = client.register_script(_SCRIPT_SOURCE)
-        self._connection: redis.connection.AbstractConnection | None = None  # for send(): kept, not pooled
+        self._direct = DirectConnection(client)  # for send()
         self._keys = keys
         self._outcome_ttl_s = outcome_ttl_s
         self._reply_ttl_s = reply_ttl_s
@@ -113,16 +113,8 @@ class Appender:
         if not commands:
             return PendingAppend(self, None, [], [])
         script_keys, args = self.encode(commands)
-        if self._connection is None:  # one connection of its own: the pool's checks cost a syscall per call
-            self._connection = self.client.connection_pool.make_connection()
-        connection = self._connection
-        try:
-            connection.send_packed_command([hiredis.pack_command(
-                ("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args))])
-        except BaseException:
-            connection.disconnect()  # reconnects by itself on the next send
-            raise
-        return PendingAppend(self, connection, script_keys, args)
+        self._direct.send([("EVALSHA", self._script.sha, len(script_keys), *script_keys, *args)])
+        return PendingAppend(self, self._direct, script_keys, args)
 
     def encode(self, commands: Sequence[PreparedCommand]) -> tuple[list[str], list[str | bytes | int]]:
         """The script's KEYS and ARGV for a batch (see append.lua for the layout)."""
@@ -169,7 +161,7 @@ def parse_results(raw: list[bytes | str | int]) -> list[AppendResult]:
 class PendingAppend:
     """An append sent on a connection of its own whose reply is read later (see :meth:`Appender.send`)."""
 
-    def __init__(self, appender: Appender, connection: redis.connection.AbstractConnection | None,
+    def __init__(self, appender: Appender, connection: DirectConnection | None,
                  script_keys: list[str], args: list[str | bytes | int]) -> None:
         self._appender = appender
         self._connection = connection
@@ -182,14 +174,11 @@ class PendingAppend:
             return []
         self._connection = None
         try:
-            raw = connection.read_response()
+            (raw,) = connection.read()  # on a lost reply the connection is closed: the next send starts afresh
         except redis.exceptions.NoScriptError:  # a restarted Redis forgot the script: it did not run, so run it now
             return self._appender.run_encoded(self._keys, self._args)
         except redis.ResponseError as error:
             if "APPEND_BAD_ARGS" in str(error):
                 raise AppendError(str(error)) from error
-            raise
-        except BaseException:
-            connection.disconnect()  # the reply may still be on its way: the next send starts a fresh connection
             raise
         return parse_results(raw)

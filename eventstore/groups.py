@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import redis
 
+from eventstore.direct import DirectConnection, single_stream_entries
+
 Entry = tuple[str, dict[bytes, bytes]]
 
 MAX_DEAD_LETTER_FIELD = 64 * 1024
@@ -39,6 +41,7 @@ class ConsumerGroup:
         self.stream = stream
         self.group = group
         self.consumer = consumer
+        self._direct = DirectConnection(client)  # read_new is every worker's hot loop
 
     def ensure(self, start_id: str = "0") -> None:
         """Create the group (and the stream) if missing; an existing group is success."""
@@ -49,10 +52,10 @@ class ConsumerGroup:
                 raise
 
     def read_new(self, *, count: int, block_ms: int | None) -> list[Entry]:
-        response = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
-        )
-        return _entries(response[0][1]) if response else []
+        command: list[str | int] = ["XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        return single_stream_entries(self._direct.call(*command, "STREAMS", self.stream, ">"))
 
     def read_own_pending(self, *, count: int) -> list[Entry]:
         """Entries delivered to this consumer name but never acknowledged (a restart after a crash)."""

@@ -22,8 +22,9 @@ import redis
 
 from auth_zkp.authz import permission_error
 from auth_zkp.principal import Principal
-from auth_zkp.sessions import SessionStore
+from auth_zkp.sessions import AuthenticatedSession, SessionStore
 from commands.money import format_cents
+from eventstore.direct import Command, DirectConnection
 from eventstore.groups import ConsumerGroup
 from eventstore.keys import Keys
 from projections.database import ProjectionDatabase
@@ -204,6 +205,7 @@ class QueryServer:
         self.block_ms = block_ms
         self.group = ConsumerGroup(client, stream=keys.queries, group=GROUP, consumer=consumer)
         self.sessions = SessionStore(client, keys=keys, master_key=master_key)
+        self.direct = DirectConnection(client)  # sessions and replies: no client layers (see eventstore.direct)
         self.counters: dict[str, int] = {"answered": 0, "claimed": 0, "failed": 0}
         self._ensured = False
         self._own_pending_done = False
@@ -241,7 +243,7 @@ class QueryServer:
                 dropped.append(entry_id)
             else:
                 queries.append(query)
-        sessions = self.sessions.authenticate_many([q.fields for q in queries], now=time.time())
+        sessions = self._sessions([q.fields for q in queries])
         principals = [s.principal if s else None for s in sessions]
         replies: dict[str, dict[str, Any]] = {}
         waiting: list[tuple[Query, int | None]] = []
@@ -256,6 +258,12 @@ class QueryServer:
         self.counters["answered"] += len(answered)
         return len(answered)
 
+    def _sessions(self, requests: list[Mapping[bytes, bytes]]) -> list[AuthenticatedSession | None]:
+        ids = self.sessions.session_ids(requests)
+        distinct = sorted({i for i in ids if i})
+        fetched = self.direct.call("MGET", *self.sessions.record_keys(distinct)) if distinct else []
+        return self.sessions.verify_many(requests, ids, dict(zip(distinct, fetched, strict=True)), now=time.time())
+
     def _reply_and_ack(self, answered: list[Query], replies: Mapping[str, dict[str, Any]], dropped: list[str]) -> None:
         """Replies, then XACK + XDEL of those and of the dropped entries, in ONE round trip.
 
@@ -266,14 +274,14 @@ class QueryServer:
         done = dropped + [q.entry_id for q in answered]
         if not done:
             return
-        pipe = self.client.pipeline(transaction=False)
+        commands: list[Command] = []
         for query in answered:
             reply_key = self.keys.reply(query.request_id)
-            pipe.rpush(reply_key, orjson.dumps(replies[query.entry_id]))
-            pipe.expire(reply_key, REPLY_TTL_S)
-        pipe.xack(self.keys.queries, GROUP, *done)
-        pipe.xdel(self.keys.queries, *done)
-        pipe.execute()
+            commands.append(("RPUSH", reply_key, orjson.dumps(replies[query.entry_id])))
+            commands.append(("EXPIRE", reply_key, REPLY_TTL_S))
+        commands.append(("XACK", self.keys.queries, GROUP, *done))
+        commands.append(("XDEL", self.keys.queries, *done))
+        self.direct.execute(commands)
 
     def _answer(self, waiting: list[tuple[Query, int | None]], replies: dict[str, dict[str, Any]]) -> None:
         """Answer every query whose ``min_seq`` is reached; wait (bounded) for the others."""

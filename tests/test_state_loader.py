@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commands.state_loader import FIELDS, SCRIPT_FROM, StateLoader
+from eventstore.direct import DirectConnection
 from eventstore.keys import Keys
 
 _VALUES = {
@@ -28,20 +29,18 @@ _HASH = st.none() | st.fixed_dictionaries(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(_HASH, min_size=1, max_size=SCRIPT_FROM + 2))
-def test_queued_loads_read_what_the_script_reads(any_redis: redis.Redis, keys: Keys, hashes) -> None:
+def test_loads_in_a_callers_round_trip_read_what_the_script_reads(any_redis: redis.Redis, keys: Keys, hashes) -> None:
     any_redis.flushdb()
     ids = list(range(1, len(hashes) + 1))
     for account, fields in zip(ids, hashes, strict=True):
         if fields is not None:
             any_redis.hset(keys.account(account), mapping=fields)
     loader = StateLoader(any_redis, keys=keys)
+    direct = DirectConnection(any_redis)
     for size in range(1, len(ids) + 1):
         wanted = ids[:size]
-        pipe = any_redis.pipeline(transaction=False)
-        pipe.get("before")
-        ordered = loader.queue(pipe, wanted)
-        pipe.get("after")
-        results = pipe.execute()
+        ordered, commands = loader.commands(wanted)
+        results = direct.execute([("GET", "before"), *commands, ("GET", "after")])
         assert results.pop(0) is None
         assert loader.take(ordered, results) == loader.load(wanted)  # load() always runs the script
         assert results == [None]  # took exactly its own replies
