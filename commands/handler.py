@@ -449,7 +449,7 @@ class CommandHandler:
                 self.counters["processed"] += 1
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
-                    self._after_duplicate(work, batch)
+                    self._after_duplicate(work, batch, answered_by_script=item.push_reply)
                     continue
                 if not item.push_reply:
                     batch.answer(work.request, item.reply_for(result))
@@ -537,7 +537,7 @@ class CommandHandler:
                 self.counters["processed"] += 1
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
-                    self._after_duplicate(work, batch)
+                    self._after_duplicate(work, batch, answered_by_script=item.push_reply)
                 elif not item.push_reply:
                     batch.answer(work.request, item.reply_for(result))
 
@@ -560,11 +560,12 @@ class CommandHandler:
                                        self.keys.reply(request.request_id), [], [], orjson.dumps(work.lock_reply))
             return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys,
                                      ack_entry="" if in_batch else request.entry_id, push_reply=not in_batch)
-        # a command with side effects after the append is acknowledged only after them (see _finish): a crash
-        # in between redelivers it, and the redelivery redoes them
-        ack = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
+        # a command with side effects after the append is acknowledged, and answered, only after them (see
+        # _finish): a crash in between redelivers it, the redelivery redoes them, and a reply never announces an
+        # erasure or a revocation that has not happened yet
+        direct = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
         prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply,
-                                    ack_entry=request.entry_id if ack else "", push_reply=not in_batch)
+                                    ack_entry=request.entry_id if direct else "", push_reply=direct)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
         return prepared
@@ -579,10 +580,10 @@ class CommandHandler:
         if orjson.loads(stored).get("ok"):
             self._after_success(work, batch)
 
-    def _after_duplicate(self, work: Work, batch: Batch) -> None:
+    def _after_duplicate(self, work: Work, batch: Batch, *, answered_by_script: bool) -> None:
         """The script met an outcome stored meanwhile (a resend decided by the other handler): it is the answer."""
         stored = self.client.get(self.keys.command_outcome(work.request.command_id))
-        if work.request.batch_index is not None:  # the script pushed nothing for a batch member
+        if not answered_by_script:  # a batch member, or a command answered after its side effects
             batch.answer(work.request, stored if stored is not None else _refusal(
                 "internal_error", "internal error: outcome expired", work.request.command_id))
         if stored is not None and orjson.loads(stored).get("ok"):

@@ -171,6 +171,39 @@ def test_close_revokes_sessions_and_erase_shreds_the_data_key(fake_redis, keys, 
                        command_id="erase") == erased
 
 
+def test_close_and_erase_are_answered_only_after_their_side_effects(fake_redis, keys, handler):
+    """A client that reads "erased" or "closed" must never still find the data key or a live session."""
+    [a] = open_accounts(fake_redis, keys, handler, 1)
+    admin = admin_session(fake_redis, keys)
+    customer = session_for(fake_redis, keys, a)
+    replies_seen_by_side_effects: list[int] = []
+    real_destroy, real_revoke = handler.vault.destroy_data_key, handler.sessions.revoke_all_for
+
+    def replies_waiting() -> int:
+        return sum(fake_redis.llen(key) for key in fake_redis.scan_iter(match=keys.reply("*")))
+
+    def destroy(account):
+        replies_seen_by_side_effects.append(replies_waiting())
+        real_destroy(account)
+
+    def revoke(account):
+        replies_seen_by_side_effects.append(replies_waiting())
+        real_revoke(account)
+
+    handler.vault.destroy_data_key, handler.sessions.revoke_all_for = destroy, revoke
+    closed = submit(fake_redis, keys, "CloseAccount", {"account": a}, admin, command_id="close")
+    drain(handler)
+    assert take_reply(fake_redis, keys, closed)["ok"] and handler.sessions.resolve_token(customer) is None
+    erased = submit(fake_redis, keys, "EraseCustomer", {"account": a}, admin, command_id="erase")
+    drain(handler)
+    assert take_reply(fake_redis, keys, erased)["ok"] and not fake_redis.exists(keys.data_key(a))
+    assert replies_seen_by_side_effects == [0, 0]
+    # a resend is answered with the first outcome, again after redoing the (now idempotent) side effect
+    again = submit(fake_redis, keys, "EraseCustomer", {"account": a}, admin, command_id="erase")
+    drain(handler)
+    assert take_reply(fake_redis, keys, again)["ok"] and replies_seen_by_side_effects == [0, 0, 0]
+
+
 def test_conflict_with_another_writer_is_redecided(fake_redis, keys, handler):
     [a] = open_accounts(fake_redis, keys, handler, 1, deposit_cents=1_000)
     other = make_handler(fake_redis, keys, name="handler-2")
