@@ -141,6 +141,8 @@ def test_sigkill_mid_stream_then_restart_and_takeover_exactly_once(private_redis
     money_events(1000)
     # A second process takes over n1's pending events (XAUTOCLAIM after the idle threshold), then dies too.
     second = start_notifier(private_redis.url, data_dir, "n2", log)
+    # n1 is dead, so only n2's XAUTOCLAIM can empty n1's pending list: this wait is the proof of the takeover.
+    # (Not its "took over" log line: n2 may be frozen and killed between the claim and the line.)
     wait_for(lambda: pending_of(client, keys, "n1") == 0, "n2 to take over n1's events", [second])
     held_by_n2 = kill_holding_pending(second, client, keys, "n2", top_up=lambda: money_events(100))
     print(f"\nSIGKILLed n1 holding {held_by_n1} and n2 holding {held_by_n2} unacknowledged events")
@@ -158,7 +160,6 @@ def test_sigkill_mid_stream_then_restart_and_takeover_exactly_once(private_redis
     assert want - got == Counter(), f"lost: {list((want - got).items())[:5]}"
     assert secret_number not in outbox.read_text()
     assert all(m["account"] != erased for m in written)
-    assert "took over" in log.read_text(), "n2 must have claimed n1's pending events"
     print(f"events in the log {len(bank.event_ids)}, outbox lines {len(written)}, all exactly once")
 
 
