@@ -27,7 +27,7 @@ class DirectConnection:
     Every reply of a round trip is read before an error reply is raised, so the connection stays in step with
     the server. Anything else going wrong (a timeout, a dropped socket, an interrupted read) closes the
     connection: a reply still on its way can never be taken for the next round trip's. The next call connects
-    again by itself, on the same connection object (the pool counts every connection it ever made).
+    again by itself.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -48,12 +48,12 @@ class DirectConnection:
         assert self._unread == 0, "the replies of the previous round trip were not read"
         if not commands:
             return
-        if self._connection is None:
-            self._connection = self._client.connection_pool.make_connection()
+        if self._connection is None:  # held until release(): checked out once, not per round trip
+            self._connection = self._client.connection_pool.get_connection()
         try:
             self._connection.send_packed_command([hiredis.pack_command(tuple(c)) for c in commands])
         except BaseException:
-            self.close()
+            self._drop()
             raise
         self._unread = len(commands)
 
@@ -73,17 +73,25 @@ class DirectConnection:
                     first_error = first_error or error
                     replies.append(error)
         except BaseException:
-            self.close()
+            self._drop()
             raise
         if first_error is not None:
             raise first_error
         return replies
 
-    def close(self) -> None:
-        """Drop the socket (a reply may still be on its way); the same connection object reconnects when used."""
+    def _drop(self) -> None:
+        """Close the socket (a reply may still be on its way); the same connection object reconnects when used."""
         self._unread = 0
         if self._connection is not None:
             self._connection.disconnect()
+
+    def release(self) -> None:
+        """Give the connection back to the client's pool (a later call checks one out again)."""
+        if self._unread:
+            self._drop()
+        if self._connection is not None:
+            self._client.connection_pool.release(self._connection)
+            self._connection = None
 
 
 def single_stream_entries(response: Any) -> list[tuple[str, dict[bytes, bytes]]]:

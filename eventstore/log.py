@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import redis
 
+from eventstore.direct import DirectConnection, single_stream_entries
 from eventstore.envelope import StoredEvent
 from eventstore.keys import Keys
 
@@ -76,8 +77,28 @@ def read_after(
     client: redis.Redis, keys: Keys, after_seq: int, *, count: int = DEFAULT_PAGE, block_ms: int | None = None
 ) -> list[StoredEvent]:
     """Entries strictly after ``after_seq``; with ``block_ms`` waits up to that long for the first one."""
-    response = client.xread({keys.events: f"{after_seq}-0"}, count=count, block=block_ms)
-    if not response:
-        return []
-    _stream, entries = response[0]
-    return [_decode_entry(entry_id, fields) for entry_id, fields in entries]
+    follower = LogFollower(client, keys)
+    try:
+        return follower.read_after(after_seq, count=count, block_ms=block_ms)
+    finally:
+        follower.release()
+
+
+class LogFollower:
+    """:func:`read_after` for a worker that follows the head: one direct connection, kept between reads."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._direct = DirectConnection(client)
+        self._stream = keys.events
+
+    def read_after(
+        self, after_seq: int, *, count: int = DEFAULT_PAGE, block_ms: int | None = None
+    ) -> list[StoredEvent]:
+        command: list[str | int] = ["XREAD", "COUNT", count]
+        if block_ms is not None:
+            command += ["BLOCK", block_ms]
+        response = self._direct.call(*command, "STREAMS", self._stream, f"{after_seq}-0")
+        return [_decode_entry(entry_id, fields) for entry_id, fields in single_stream_entries(response)]
+
+    def release(self) -> None:
+        self._direct.release()

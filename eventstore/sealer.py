@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from eventstore.connection import MAX_BLOCK_MS, connect
 from eventstore.envelope import utc_timestamp
 from eventstore.keys import KEYS, Keys
-from eventstore.log import read_after
+from eventstore.log import LogFollower
 from eventstore.seals import GENESIS, LEAF_BYTES, extend_chain, last_seal, load_signing_key, sign_seal, verify_seal
 from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging, yield_cpu_to_commands
 
@@ -47,6 +47,7 @@ class Sealer:
     ) -> None:
         self.client = client
         self.keys = keys
+        self.follower = LogFollower(client, keys)  # the head, on a direct connection (see eventstore.direct)
         self.private_key = private_key
         self.block_ms = block_ms
         self.every_events = every_events
@@ -73,7 +74,7 @@ class Sealer:
     def poll_once(self) -> int:
         if not self._started:
             self._resume()
-        events = read_after(self.client, self.keys, self._seq, count=READ_COUNT, block_ms=self.block_ms)
+        events = self.follower.read_after(self._seq, count=READ_COUNT, block_ms=self.block_ms)
         for event in events:
             if event.seq != self._seq + 1 or event.entry_id != f"{event.seq}-0":
                 raise FatalWorkerError(

@@ -20,7 +20,7 @@ import redis
 
 from eventstore.connection import MAX_BLOCK_MS, connect
 from eventstore.keys import KEYS, Keys
-from eventstore.log import read_after
+from eventstore.log import LogFollower
 from eventstore.pii import PersonalDataVault, load_master_key
 from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
 from projections.apply import ApplyError, Opener
@@ -51,6 +51,7 @@ class Projector:
     ) -> None:
         self.client = client
         self.keys = keys
+        self.follower = LogFollower(client, keys)  # the head, on a direct connection (see eventstore.direct)
         self.db = db
         self.vault = vault
         self.batch = batch
@@ -79,7 +80,7 @@ class Projector:
     def poll_once(self) -> int:
         self._sync_with_file()
         block = self.block_ms if self.live else None
-        events = read_after(self.client, self.keys, self.checkpoint, count=self.batch, block_ms=block)
+        events = self.follower.read_after(self.checkpoint, count=self.batch, block_ms=block)
         if not events:
             self.live = True
             return 0

@@ -7,6 +7,7 @@ import redis
 
 from bankctl.embedded_redis import RedisProcess
 from eventstore.direct import DirectConnection, single_stream_entries
+from eventstore.log import read_after
 
 
 def test_replies_come_back_in_order(any_redis: redis.Redis) -> None:
@@ -57,4 +58,20 @@ def test_stream_entries_read_the_same_in_both_protocols(redis_server: RedisProce
     client.xdel("s", first)  # deleted while pending: the pending read returns it without fields
     reply = direct.call("XREADGROUP", "GROUP", "g", "me", "STREAMS", "s", "0")
     assert single_stream_entries(reply) == [(first, {}), (second, {b"c": b""})]
+    client.close()
+
+
+@pytest.mark.redis_server
+def test_a_released_connection_goes_back_to_the_pool(redis_server: RedisProcess, keys) -> None:
+    pool = redis.ConnectionPool(connection_class=redis.UnixDomainSocketConnection, path=str(redis_server.socket),
+                                max_connections=2)
+    client = redis.Redis(connection_pool=pool)
+    client.flushall()
+    client.xadd(keys.events, {b"seq": b"1", b"type": b"MoneyDeposited", b"body": b"{}"}, id="1-0")
+    for _ in range(20):  # each call checks a connection out and gives it back: two are enough for all of them
+        assert [event.seq for event in read_after(client, keys, 0)] == [1]
+    held = DirectConnection(client)
+    assert held.call("PING") in (b"PONG", True)
+    held.release()
+    assert client.ping()
     client.close()
