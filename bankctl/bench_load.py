@@ -21,15 +21,14 @@ from typing import Any
 
 import orjson
 import redis
-import redis.asyncio
 
+from bankctl.bench_async import AsyncPool
 from commands.client import BankClient, Request, batch_request, batch_results
 from eventstore.keys import Keys
 
 OPEN_BATCH = 200
 BATCH_COMMANDS = 250
 OPEN_LOOP_CONNECTIONS = 64
-OPEN_LOOP_WARM_CONNECTIONS = 32
 
 
 @dataclass
@@ -204,22 +203,19 @@ def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random
 async def _send_scheduled(stats: ClientStats, socket_path: str, keys: Keys, rng: random.Random,
                           own: list[tuple[int, str]], everyone: list[int], *, queries: bool, operations: int,
                           interval: float, began: float) -> None:
-    # A blocking pool: beyond OPEN_LOOP_CONNECTIONS requests in flight a task waits for a connection (and that
-    # wait counts as latency) instead of failing with "too many connections".
-    pool = redis.asyncio.BlockingConnectionPool(connection_class=redis.asyncio.UnixDomainSocketConnection,
-                                                path=socket_path, socket_timeout=30,
-                                                max_connections=OPEN_LOOP_CONNECTIONS, timeout=None)
-    client = redis.asyncio.Redis(connection_pool=pool)
+    # Beyond OPEN_LOOP_CONNECTIONS requests in flight a task waits for a connection, and that wait counts as
+    # latency (a request is never dropped by the generator).
+    pool = AsyncPool(socket_path, OPEN_LOOP_CONNECTIONS)
     stream = keys.queries if queries else keys.commands
     pending: list[asyncio.Task[tuple[Request, dict[str, Any] | None, float]]] = []
 
     async def one(request: Request, scheduled: float) -> tuple[Request, dict[str, Any] | None, float]:
         request_id = secrets.token_hex(16)
+        fields = request.fields(request_id)
         try:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.xadd(stream, request.fields(request_id))
-                pipe.blpop([keys.reply(request_id)], timeout=20)
-                _entry_id, popped = await pipe.execute()
+            _entry_id, popped = await pool.execute([
+                ("XADD", stream, "*", *(x for pair in fields.items() for x in pair)),
+                ("BLPOP", keys.reply(request_id), 20)])
             reply = orjson.loads(popped[1]) if popped else None
         except Exception as error:  # counted as missing, and named, so a generator fault is not blamed on the bank
             name = f"client:{type(error).__name__}"
@@ -228,8 +224,7 @@ async def _send_scheduled(stats: ClientStats, socket_path: str, keys: Keys, rng:
         return request, reply, (time.perf_counter() - scheduled) * 1000
 
     try:
-        # Connect before the clock starts: the first requests would otherwise pay for opening the connections.
-        await asyncio.gather(*(client.ping() for _ in range(OPEN_LOOP_WARM_CONNECTIONS)))
+        await pool.open()
         began = time.perf_counter()
         for i in range(operations):
             request = _next_query(rng, own) if queries else _next_request(rng, own, everyone)
@@ -243,7 +238,7 @@ async def _send_scheduled(stats: ClientStats, socket_path: str, keys: Keys, rng:
             _tally(stats, request, reply)
             stats.sent += 1
     finally:
-        await client.aclose()
+        await pool.close()
 
 
 def _client_entry(queue: mp.Queue, *args: Any, **kwargs: Any) -> None:
