@@ -87,11 +87,10 @@ class ConsumerGroup:
         """Acknowledge; with ``delete`` also remove the entries (request streams hold no data past use)."""
         if not entry_ids:
             return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *entry_ids)
+        commands: list[tuple[str, ...]] = [("XACK", self.stream, self.group, *entry_ids)]
         if delete:
-            pipe.xdel(self.stream, *entry_ids)
-        pipe.execute()
+            commands.append(("XDEL", self.stream, *entry_ids))
+        self._direct.execute(commands)
 
     def dead_letter(
         self, dead_stream: str, entry_id: str, fields: Mapping[bytes, bytes], reason: str, *, delete: bool = False

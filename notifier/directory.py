@@ -108,6 +108,21 @@ class ContactDirectory:
                 self.apply(event_type, orjson.loads(body)["data"], seq)
             self.applied_seq = seq
 
+    def apply_entries_while_contiguous(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
+        """Apply ``(seq, type, body)`` entries as long as they continue :attr:`applied_seq` without a gap (log
+        entries a caller read anyway); the first gap ends it, and :meth:`catch_up` reads the rest."""
+        for seq, event_type, body in sorted(entries):
+            if seq <= self.applied_seq:
+                continue
+            if seq != self.applied_seq + 1:
+                return
+            self.apply_entries([(seq, event_type.decode(), body)])
+
+    def prefetch_phones(self, accounts: Iterable[int]) -> None:
+        """Fetch the data keys of the contacts whose number is not open yet, in one round trip."""
+        self._vault.prefetch(a for a in accounts
+                             if (c := self._contacts.get(a)) is not None and c.phone is None and c.phone_sealed)
+
     def catch_up(self, client: redis.Redis, keys: Keys, upto_seq: int) -> int:
         """Read the log until :attr:`applied_seq` >= ``upto_seq``; returns how many entries were read."""
         read = 0

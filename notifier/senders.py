@@ -89,11 +89,11 @@ class OutboxSender:
             self._fd = -1
 
     @staticmethod
-    def line(message: Message) -> bytes:
+    def line(message: Message, queued_at: str | None = None) -> bytes:
         record = {
             "event_id": message.event_id, "account": message.account, "seq": message.seq,
             "type": message.event_type, "to": message.to, "body": message.body,
-            "occurred_at": message.occurred_at, "queued_at": _wall_time(),
+            "occurred_at": message.occurred_at, "queued_at": queued_at or _wall_time(),
         }
         return orjson.dumps(record) + b"\n"
 
@@ -154,7 +154,8 @@ class OutboxSender:
         final = {k for k, v in zip(message_keys, states, strict=True) if ledger.is_final(v)}
         fresh = [m for m in batch if m.key not in final]
         if fresh:
-            data = b"".join(self.line(m) for m in fresh)
+            queued_at = _wall_time()  # one batch, one write: one time for all its lines
+            data = b"".join(self.line(m, queued_at) for m in fresh)
             try:
                 view = memoryview(data)
                 while view:

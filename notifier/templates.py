@@ -7,6 +7,7 @@ after and the time. No names, no full account numbers, and a transfer never reve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,13 +35,22 @@ def mask_account(account: int) -> str:
     return "****" + f"{account % 10_000:04d}"
 
 
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
 def short_time(occurred_at: str) -> str:
-    """``"2026-11-24T01:02:03.123456Z"`` (or without micros) -> ``"2026-11-24 01:02 UTC"``; else the raw text."""
-    for layout in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+    """``"2026-11-24T01:02:03.123456Z"`` (or without micros) -> ``"2026-11-24 01:02 UTC"``; else the raw text.
+
+    Sliced rather than ``strptime``-parsed and reformatted: this runs for every message, and strptime was a
+    seventh of the notifier's CPU. ``fromisoformat`` still refuses a date that does not exist.
+    """
+    if isinstance(occurred_at, str) and _UTC_TIME.fullmatch(occurred_at):
         try:
-            return datetime.strptime(occurred_at, layout).strftime("%Y-%m-%d %H:%M UTC")
-        except (TypeError, ValueError):
-            continue
+            datetime.fromisoformat(occurred_at)
+        except ValueError:
+            pass
+        else:
+            return f"{occurred_at[:10]} {occurred_at[11:16]} UTC"
     return str(occurred_at)[:25]
 
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
@@ -47,7 +48,7 @@ from notifier.delivery import (
 from notifier.directory import ContactDirectory, ContactUnreadable, DirectoryGap
 from notifier.senders import Sender, SenderNotConfigured, sender_from_env
 from notifier.status import DEAD_NAME, GROUP
-from notifier.templates import notices_for
+from notifier.templates import Notice, notices_for
 
 log = logging.getLogger("bank.notifier")
 
@@ -164,19 +165,26 @@ class Notifier:
             raise FatalWorkerError(f"contact directory cannot follow the log: {error}") from error
 
     def _admit(self, entries: Sequence[Entry], now: float) -> None:
+        # The entries just read are the log itself: the directory takes them as they are, and reads the log only
+        # for what they do not cover (a gap before claimed or redelivered entries).
+        self.directory.apply_entries_while_contiguous(
+            (_seq_of(entry_id), fields[b"type"], fields[b"body"]) for entry_id, fields in entries
+            if b"type" in fields and b"body" in fields)
         self._catch_up(max(_seq_of(e[0]) for e in entries))
         done: list[str] = []
+        readable: list[tuple[str, dict[str, Any], str, list[Notice]]] = []
         for entry_id, fields in entries:
             self.counters["events"] += 1
             try:
                 payload = orjson.loads(fields[b"body"])
                 notices = notices_for(payload["type"], payload["data"], payload["occurred_at"])
-                event_id = str(payload["event_id"])
+                readable.append((entry_id, payload, str(payload["event_id"]), notices))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as error:
                 log.error("%s: unreadable event %s dead-lettered: %r", self.consumer, entry_id, error)
                 self.group.dead_letter(self.dead_stream, entry_id, fields, f"unreadable event: {error!r}")
                 self.counters["dead"] += 1
-                continue
+        self.directory.prefetch_phones({notice.account for *_, notices in readable for notice in notices})
+        for entry_id, payload, event_id, notices in readable:
             waiting: set[MessageKey] = set()
             for notice in notices:
                 message = Message(event_id=event_id, account=notice.account, seq=_seq_of(entry_id),

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twilio.base.exceptions import TwilioRestException
 
+from eventstore.log import read_range
 from eventstore.pii import PersonalDataVault
 from notifier.delivery import Failure, Ledger, Message, RetryPolicy, Status, Verdict, classify, fatal_exit_code
 from notifier.directory import ContactDirectory, DirectoryGap
@@ -54,6 +55,9 @@ def test_short_time_falls_back_on_unexpected_text():
     assert short_time(WHEN) == "2026-11-24 01:02 UTC"
     assert short_time("2026-11-24T01:07:00Z") == "2026-11-24 01:07 UTC", "auth_zkp.login.iso_utc's format"
     assert short_time("yesterday") == "yesterday"
+    assert short_time("2026-02-30T01:07:00Z") == "2026-02-30T01:07:00Z", "no such day"
+    assert short_time("2026-11-24T01:07:00+02:00") == "2026-11-24T01:07:00+02:00", "not UTC"
+    assert short_time("2026-11-24T01:07:00.1234567Z") == "2026-11-24T01:07:00.12345", "seven digits: cut to 25"
 
 
 @given(
@@ -115,6 +119,27 @@ def test_directory_refuses_a_gap_in_the_log(fake_redis, keys):
     directory.apply_entries([(1, "MoneyDeposited", b"{}")])
     with pytest.raises(DirectoryGap):
         directory.apply_entries([(3, "MoneyDeposited", b"{}")])
+
+
+def test_directory_takes_entries_read_elsewhere_up_to_the_first_gap(fake_redis, keys):
+    bank = FakeBank(fake_redis, keys)
+    with bank.batch():
+        first = bank.open(phone="+15550000001", sms=True)
+        second = bank.open(phone="+15550000002", sms=True)
+        third = bank.open(phone="+15550000003", sms=True)
+    entries = {e.seq: (e.seq, e.type.encode(), e.body) for e in read_range(fake_redis, keys, 1)}
+    assert len(entries) == 6
+    directory = ContactDirectory(PersonalDataVault(fake_redis, keys=keys, master_key=bank.master_key))
+    directory.apply_entries_while_contiguous([entries[2], entries[1], entries[4]])  # 4 is after a gap
+    assert directory.applied_seq == 2
+    assert directory.phone_for(first, LATER) == "+15550000001" and directory.phone_for(third, LATER) is None
+    directory.apply_entries_while_contiguous([entries[1], entries[3]])  # already applied, then contiguous
+    assert directory.applied_seq == 3
+    fake_redis.delete(keys.events)  # from here only the entries given can teach it anything
+    directory.apply_entries_while_contiguous(entries.values())
+    assert directory.applied_seq == 6 and directory.phone_for(third, LATER) == "+15550000003"
+    directory.prefetch_phones([second, third, 999])
+    assert directory.phone_for(second, LATER) == "+15550000002"
 
 
 def _rest(status: int, code: int | None) -> TwilioRestException:
