@@ -29,6 +29,7 @@ from eventstore.keys import Keys
 OPEN_BATCH = 200
 BATCH_COMMANDS = 250
 OPEN_LOOP_CONNECTIONS = 64
+PREPARE_S_PER_REQUEST = 0.0002  # generous: building a request takes about 60 us
 
 
 @dataclass
@@ -119,6 +120,9 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
     bank = BankClient(client, keys=keys, timeout_s=20)
     rng = random.Random(seed)  # noqa: S311 - workload shape, not security
     stats = ClientStats()
+    open_loop = mode in ("paced", "queries")
+    prepared = prepare_open_loop(keys, rng, own, everyone, queries=mode == "queries",
+                                 operations=operations) if open_loop else []
     while time.time() < start_at:
         time.sleep(0.001)
     began = time.perf_counter()
@@ -137,9 +141,8 @@ def run_client(socket_path: str, tag: str, own: list[tuple[int, str]], everyone:
             stats.latencies_ms.append(took)
             done += len(batch)
             stats.sent += len(batch)
-    elif mode in ("paced", "queries"):
-        _run_open_loop(stats, socket_path, keys, rng, own, everyone, queries=mode == "queries",
-                       operations=operations, interval=1.0 / rate if rate > 0 else 0.0, began=began)
+    elif open_loop:
+        _run_open_loop(stats, socket_path, prepared, interval=1.0 / rate if rate > 0 else 0.0)
     else:
         for _ in range(operations):
             request = _next_request(rng, own, everyone)
@@ -180,8 +183,7 @@ def _run_batches(stats: ClientStats, bank: BankClient, keys: Keys, rng: random.R
         stats.sent += len(commands)
 
 
-def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random.Random, own: list[tuple[int, str]],
-                   everyone: list[int], *, queries: bool, operations: int, interval: float, began: float) -> None:
+def _run_open_loop(stats: ClientStats, socket_path: str, prepared: list[Prepared], *, interval: float) -> None:
     """Send on a fixed schedule whatever the replies do (open loop); latency counts from the scheduled time.
 
     One asyncio task per request on a pool of connections, so a slow reply delays no later request: the offered
@@ -193,46 +195,66 @@ def _run_open_loop(stats: ClientStats, socket_path: str, keys: Keys, rng: random
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        asyncio.run(_send_scheduled(stats, socket_path, keys, rng, own, everyone, queries=queries,
-                                    operations=operations, interval=interval, began=began))
+        asyncio.run(_send_scheduled(stats, socket_path, prepared, interval=interval))
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-async def _send_scheduled(stats: ClientStats, socket_path: str, keys: Keys, rng: random.Random,
-                          own: list[tuple[int, str]], everyone: list[int], *, queries: bool, operations: int,
-                          interval: float, began: float) -> None:
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One open-loop request, signed and laid out as its XADD and BLPOP before the clock starts."""
+
+    request: Request
+    commands: tuple[tuple[Any, ...], tuple[Any, ...]]
+
+
+def prepare_open_loop(keys: Keys, rng: random.Random, own: list[tuple[int, str]], everyone: list[int], *,
+                      queries: bool, operations: int) -> list[Prepared]:
+    """Every request of a paced run, built before it starts.
+
+    Clients of a real bank run on their own machines; here they share the two cores with the bank, so the
+    generator does its own work (choosing, encoding and signing requests: about 60 us each) before the measured
+    window instead of during it. The signed send time is then up to a run's length old, well inside the
+    server's request age limit.
+    """
+    stream = keys.queries if queries else keys.commands
+    out = []
+    for _ in range(operations):
+        request = _next_query(rng, own) if queries else _next_request(rng, own, everyone)
+        request_id = secrets.token_hex(16)
+        fields = request.fields(request_id)
+        out.append(Prepared(request, (("XADD", stream, "*", *(x for pair in fields.items() for x in pair)),
+                                      ("BLPOP", keys.reply(request_id), 20))))
+    return out
+
+
+async def _send_scheduled(stats: ClientStats, socket_path: str, prepared: list[Prepared], *,
+                          interval: float) -> None:
     # Beyond OPEN_LOOP_CONNECTIONS requests in flight a task waits for a connection, and that wait counts as
     # latency (a request is never dropped by the generator).
     pool = AsyncPool(socket_path, OPEN_LOOP_CONNECTIONS)
-    stream = keys.queries if queries else keys.commands
     pending: list[asyncio.Task[tuple[Request, dict[str, Any] | None, float]]] = []
 
-    async def one(request: Request, scheduled: float) -> tuple[Request, dict[str, Any] | None, float]:
-        request_id = secrets.token_hex(16)
-        fields = request.fields(request_id)
+    async def one(sent: Prepared, scheduled: float) -> tuple[Request, dict[str, Any] | None, float]:
         try:
-            _entry_id, popped = await pool.execute([
-                ("XADD", stream, "*", *(x for pair in fields.items() for x in pair)),
-                ("BLPOP", keys.reply(request_id), 20)])
+            _entry_id, popped = await pool.execute(sent.commands)
             reply = orjson.loads(popped[1]) if popped else None
         except Exception as error:  # counted as missing, and named, so a generator fault is not blamed on the bank
             name = f"client:{type(error).__name__}"
             stats.errors[name] = stats.errors.get(name, 0) + 1
             reply = None
-        return request, reply, (time.perf_counter() - scheduled) * 1000
+        return sent.request, reply, (time.perf_counter() - scheduled) * 1000
 
     try:
         await pool.open()
         began = time.perf_counter()
-        for i in range(operations):
-            request = _next_query(rng, own) if queries else _next_request(rng, own, everyone)
+        for i, sent in enumerate(prepared):
             scheduled = began + i * interval
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            pending.append(asyncio.create_task(one(request, scheduled)))
+            pending.append(asyncio.create_task(one(sent, scheduled)))
         for request, reply, latency_ms in await asyncio.gather(*pending):
             stats.latencies_ms.append(latency_ms)
             _tally(stats, request, reply)
@@ -253,7 +275,9 @@ def run_clients(
     ctx = mp.get_context("fork")
     queue: mp.Queue = ctx.Queue()
     accounts = sorted(sessions)
-    start_at = time.time() + 0.5
+    # open-loop clients build their requests before the common start (see prepare_open_loop)
+    start_at = time.time() + 0.5 + (PREPARE_S_PER_REQUEST * operations / clients if mode in ("paced", "queries")
+                                    else 0.0)
     procs = []
     for c in range(clients):
         own = [(a, sessions[a]) for a in accounts[c::clients]] or [(accounts[0], sessions[accounts[0]])]
