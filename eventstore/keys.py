@@ -91,6 +91,10 @@ class Keys:
         """A session record: principal and wrapped key (see auth_zkp.sessions)."""
         return self._k(f"sess:{session_id}")
 
+    def account_sessions(self, account_id: int) -> str:
+        """The ids of an account's sessions, for revoking them all (a session id never contains ':')."""
+        return self._k(f"sess:acct:{account_id}")
+
     def login_failures(self, account_id: int) -> str:
         return self._k(f"fail:{account_id}")
 

@@ -11,6 +11,7 @@ from auth_zkp import schnorr
 from auth_zkp.client_proof import make_credential, make_proof, prove_from_start
 from auth_zkp.kdf import DEFAULT_PARAMS, KdfParams, derive_secret
 from auth_zkp.login import AUTH_REQUEST_TYPES, AuthService, pop_lock_event
+from auth_zkp.principal import Principal
 from auth_zkp.sessions import AuthenticatedSession, SessionStore, SessionToken, client_token, new_exchange_key
 from eventstore.pii import PersonalDataVault
 
@@ -268,6 +269,28 @@ def test_logout_revokes_and_whoami(bank):
     assert sessions.resolve_token(token) is None
     assert as_session(sessions, token) is None
     assert service.handle("Logout", {}, None, NOW)["ok"] is False
+
+
+def test_revoking_an_account_ends_all_its_sessions_and_no_other(any_redis, keys):
+    sessions = SessionStore(any_redis, keys=keys, master_key=os.urandom(32), ttl_s=600)
+    mine = [sessions.create(Principal(5, "customer")) for _ in range(3)]
+    login_token = client_token(*_exchanged_login(sessions, 5))
+    theirs = [sessions.create(Principal(6, "customer")), sessions.create(Principal(0, "admin"))]
+    assert sessions.revoke_token(mine[0])  # a logout before: its id stays in the index, harmlessly
+    for _ in range(2):  # twice: revoking an account without sessions is a no-op
+        sessions.revoke_all_for(5)
+        assert all(sessions.resolve_token(t) is None for t in [*mine, login_token])
+        assert all(sessions.resolve_token(t) is not None for t in theirs)
+    assert not any_redis.exists(keys.account_sessions(5))
+    assert 0 < any_redis.ttl(keys.account_sessions(6)) <= 600  # the index expires with its newest session
+    fresh = sessions.create(Principal(5, "customer"))  # a later login works as before
+    assert sessions.resolve_token(fresh) == Principal(5, "customer")
+
+
+def _exchanged_login(sessions: SessionStore, account: int) -> tuple[bytes, bytes, str, bytes]:
+    private, public = new_exchange_key()
+    session_id, server_public = sessions.create_exchanged(Principal(account, "customer"), public)
+    return private, public, session_id, server_public
 
 
 def test_verify_password_proof_for_change_password(bank):
