@@ -563,9 +563,10 @@ class CommandHandler:
         # a command with side effects after the append is acknowledged, and answered, only after them (see
         # _finish): a crash in between redelivers it, the redelivery redoes them, and a reply never announces an
         # erasure or a revocation that has not happened yet
-        direct = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
+        settled_by_script = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
         prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply,
-                                    ack_entry=request.entry_id if direct else "", push_reply=direct)
+                                    ack_entry=request.entry_id if settled_by_script else "",
+                                    push_reply=settled_by_script)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
         return prepared

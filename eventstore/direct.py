@@ -6,8 +6,9 @@ CPU per round trip here (redis-py 8), against about 25 us for packing with hired
 replies read straight off the connection. A handler makes three round trips per low-load batch, a client one
 per request, so on the sequential path this overhead was a quarter of all the CPU a command cost.
 
-Replies are RESP as Redis sends it (no callbacks): bytes, integers, nested lists, ``None``. Errors still arrive
-as redis-py's exception classes (``ResponseError``, ``NoScriptError``, ``ConnectionError``, ``TimeoutError``).
+Replies are RESP as Redis sends it (no callbacks, no decoding): bytes, integers, nested lists, ``None``. Errors
+still arrive as redis-py's exception classes (``ResponseError``, ``NoScriptError``, ``ConnectionError``,
+``TimeoutError``).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class DirectConnection:
         try:
             for _ in range(count):
                 try:
-                    replies.append(self._connection.read_response())
+                    replies.append(self._connection.read_response(disable_decoding=True))
                 except redis.ResponseError as error:
                     first_error = first_error or error
                     replies.append(error)

@@ -73,19 +73,8 @@ def iterate(
             return
 
 
-def read_after(
-    client: redis.Redis, keys: Keys, after_seq: int, *, count: int = DEFAULT_PAGE, block_ms: int | None = None
-) -> list[StoredEvent]:
-    """Entries strictly after ``after_seq``; with ``block_ms`` waits up to that long for the first one."""
-    follower = LogFollower(client, keys)
-    try:
-        return follower.read_after(after_seq, count=count, block_ms=block_ms)
-    finally:
-        follower.release()
-
-
 class LogFollower:
-    """:func:`read_after` for a worker that follows the head: one direct connection, kept between reads."""
+    """Following the head: entries after a seq, on one direct connection kept between reads."""
 
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._direct = DirectConnection(client)
@@ -94,6 +83,7 @@ class LogFollower:
     def read_after(
         self, after_seq: int, *, count: int = DEFAULT_PAGE, block_ms: int | None = None
     ) -> list[StoredEvent]:
+        """Entries strictly after ``after_seq``; with ``block_ms`` waits up to that long for the first one."""
         command: list[str | int] = ["XREAD", "COUNT", count]
         if block_ms is not None:
             command += ["BLOCK", block_ms]
@@ -101,4 +91,5 @@ class LogFollower:
         return [_decode_entry(entry_id, fields) for entry_id, fields in single_stream_entries(response)]
 
     def release(self) -> None:
+        """Give the connection back to the client's pool."""
         self._direct.release()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import redis
 
+from eventstore.direct import DirectConnection
 from eventstore.envelope import StoredEvent
 from eventstore.keys import Keys
 from eventstore.log import LogCorrupted
@@ -35,24 +36,24 @@ class PageReader:
     def raw_pages(self, start: str = "-", last: int | None = None) -> Iterator[list[RawEntry]]:
         """Pages of raw entries in stream order from ``start`` (an XRANGE bound) to ``last`` or the end.
 
-        The next page is asked for before this one is handed out, on a connection of the reader's own that is
-        closed at the end (so a reader abandoned with a request in flight leaves no unread reply behind).
+        The next page is asked for before this one is handed out, on a direct connection of the reader's own
+        (a reader abandoned with a request in flight closes it: no unread reply is left behind).
         """
         end = "+" if last is None else f"{last}-0"
-        conn = self._client.connection_pool.make_connection()
+        direct = DirectConnection(self._client)
         try:
-            conn.send_command("XRANGE", self._keys.events, start, end, "COUNT", self.page)
+            direct.send([("XRANGE", self._keys.events, start, end, "COUNT", self.page)])
             while True:
-                rows = conn.read_response(disable_decoding=True)
+                (rows,) = direct.read()
                 full = len(rows) == self.page
                 if full:
-                    conn.send_command("XRANGE", self._keys.events, b"(" + rows[-1][0], end, "COUNT", self.page)
+                    direct.send([("XRANGE", self._keys.events, b"(" + rows[-1][0], end, "COUNT", self.page)])
                 if rows:
                     yield raw_entries(rows)
                 if not full:
                     return
         finally:
-            conn.disconnect()
+            direct.release()  # with a request still in flight the socket is closed first
 
     def entries(self) -> Iterator[RawEntry]:
         """Every entry in stream order."""

@@ -22,7 +22,7 @@ import redis
 
 from auth_zkp.authz import permission_error
 from auth_zkp.principal import Principal
-from auth_zkp.sessions import AuthenticatedSession, SessionStore
+from auth_zkp.sessions import SessionStore
 from commands.money import format_cents
 from eventstore.direct import Command, DirectConnection
 from eventstore.groups import ConsumerGroup
@@ -243,7 +243,7 @@ class QueryServer:
                 dropped.append(entry_id)
             else:
                 queries.append(query)
-        sessions = self._sessions([q.fields for q in queries])
+        sessions = self.sessions.authenticate_many([q.fields for q in queries], now=time.time(), direct=self.direct)
         principals = [s.principal if s else None for s in sessions]
         replies: dict[str, dict[str, Any]] = {}
         waiting: list[tuple[Query, int | None]] = []
@@ -257,12 +257,6 @@ class QueryServer:
         self._reply_and_ack(answered, replies, dropped)
         self.counters["answered"] += len(answered)
         return len(answered)
-
-    def _sessions(self, requests: list[Mapping[bytes, bytes]]) -> list[AuthenticatedSession | None]:
-        ids = self.sessions.session_ids(requests)
-        distinct = sorted({i for i in ids if i})
-        fetched = self.direct.call("MGET", *self.sessions.record_keys(distinct)) if distinct else []
-        return self.sessions.verify_many(requests, ids, dict(zip(distinct, fetched, strict=True)), now=time.time())
 
     def _reply_and_ack(self, answered: list[Query], replies: Mapping[str, dict[str, Any]], dropped: list[str]) -> None:
         """Replies, then XACK + XDEL of those and of the dropped entries, in ONE round trip.

@@ -17,7 +17,7 @@ from eventstore.append import (
 )
 from eventstore.envelope import canonical_json, envelope_dict, split_body_around_seq
 from eventstore.keys import Keys
-from eventstore.log import iterate, last_seq, read_after, read_range
+from eventstore.log import LogFollower, iterate, last_seq, read_range
 
 
 def _event(keys: Keys, command_id: str, account: int, version: int, amount: int) -> PreparedEvent:
@@ -100,11 +100,11 @@ def test_bad_arguments_fail_before_any_write(any_redis, keys):
     assert any_redis.get(keys.command_outcome("a")) is None
 
 
-def test_iterate_and_read_after(any_redis, keys):
+def test_iterate_and_follow_the_head(any_redis, keys):
     appender = Appender(any_redis, keys=keys)
     appender.append([_deposit(keys, f"c{i}", 1, i, 100 * (i + 1)) for i in range(25)])
     assert [e.seq for e in iterate(any_redis, keys, page=7)] == list(range(1, 26))
-    assert [e.seq for e in read_after(any_redis, keys, 20)] == [21, 22, 23, 24, 25]
+    assert [e.seq for e in LogFollower(any_redis, keys).read_after(20)] == [21, 22, 23, 24, 25]
     assert [e.seq for e in read_range(any_redis, keys, 3, 5)] == [3, 4, 5]
 
 

@@ -7,7 +7,7 @@ import redis
 
 from bankctl.embedded_redis import RedisProcess
 from eventstore.direct import DirectConnection, single_stream_entries
-from eventstore.log import read_after
+from eventstore.log import LogFollower
 
 
 def test_replies_come_back_in_order(any_redis: redis.Redis) -> None:
@@ -68,8 +68,10 @@ def test_a_released_connection_goes_back_to_the_pool(redis_server: RedisProcess,
     client = redis.Redis(connection_pool=pool)
     client.flushall()
     client.xadd(keys.events, {b"seq": b"1", b"type": b"MoneyDeposited", b"body": b"{}"}, id="1-0")
-    for _ in range(20):  # each call checks a connection out and gives it back: two are enough for all of them
-        assert [event.seq for event in read_after(client, keys, 0)] == [1]
+    for _ in range(20):  # each follower checks a connection out and gives it back: two are enough for all
+        follower = LogFollower(client, keys)
+        assert [event.seq for event in follower.read_after(0)] == [1]
+        follower.release()
     held = DirectConnection(client)
     assert held.call("PING") in (b"PONG", True)
     held.release()
