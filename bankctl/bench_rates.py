@@ -71,7 +71,7 @@ def fill_log(client: redis.Redis, keys: Keys, data_dir: Path, accounts: list[int
             outcome = decide(command, states, Context(principal))
             assert isinstance(outcome, Decision), f"filler produced a refused command: {outcome}"
             touched = {a: states[a] for a in outcome.new_states}
-            origin = Origin(secrets.token_hex(16), secrets.token_hex(16), FILL_ACTOR, occurred_at)
+            origin = Origin(secrets.token_hex(16), FILL_ACTOR, occurred_at)
             prepared.append(prepare_decision(outcome, touched, origin, keys=keys, vault=vault))
             sums.append(amount if isinstance(command, Deposit) else 0)
             states.update(outcome.new_states)

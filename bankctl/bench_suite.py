@@ -170,14 +170,13 @@ def machine_description() -> dict[str, Any]:
 
 
 def prepare_bank(bank: BenchBank, count: int) -> tuple[list[int], dict[int, str]]:
-    client = bank.client()
-    opened = open_accounts(client, bank.keys, bank.admin_session(), count)
+    opened = open_accounts(bank.bus_client(), bank.keys, bank.admin_session(), count)
     store = bank.sessions()
     return opened, {a: store.create(Principal(account_id=a, role="customer")) for a in opened}
 
 
 def _handlers_counters(bank: BenchBank) -> dict[str, dict[str, int]]:
-    client = bank.client()
+    client = bank.bus_client()
     return {name: worker_counters(client, bank.keys, name) for name in bank.workers if name.startswith("handler")}
 
 
@@ -210,7 +209,7 @@ def settle_disk() -> None:
 def _run(bank: BenchBank, sessions: dict[int, str], ledger: Ledger, *, mode: str, clients: int, operations: int,
          window: int = 100, rate: float = 0.0, seed: int) -> tuple[dict[str, Any], float]:
     settle_disk()
-    results, wall = run_clients(str(bank.redis.socket), bank.keys.tag, sessions, clients=clients, mode=mode,
+    results, wall = run_clients(str(bank.bus_server.socket), bank.keys.tag, sessions, clients=clients, mode=mode,
                                 operations=operations, window=window, rate=rate, seed=seed)
     ledger.add(results)
     return summarise(mode, results, wall), wall
@@ -256,7 +255,7 @@ def write_path_phase(options: BenchOptions, progress: Progress = _quiet) -> dict
                     split = handler_split(before, _settle_counters(bank))
         progress("write path: invariants")
         invariants = check_invariants(bank, opened, ledger)
-        return {"processes": "redis-server + 2 handlers", "results": rows, "handler_split": split,
+        return {"processes": "redis-server + bus + 2 handlers", "results": rows, "handler_split": split,
                 "invariants": invariants}
     finally:
         bank.close()
@@ -321,7 +320,8 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         queries = median_row(f"queries paced {options.query_rate:,.0f}/s", per_run)
 
         notifier = notifier_phase(bank, sessions, ledger, options, progress)
-        resources = process_rows({"redis-server": bank.redis.pid, **{n: p.pid for n, p in bank.workers.items()}})
+        servers = {"redis-server": bank.redis.pid, **({"bus redis-server": bank.bus.pid} if bank.bus else {})}
+        resources = process_rows({**servers, **{n: p.pid for n, p in bank.workers.items()}})
 
         filled = None
         if options.fill_events:
@@ -348,7 +348,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         invariants["audit_ok"] = all(a["ok"] for a in audits)
         invariants["ok"] = invariants["ok"] and invariants["audit_ok"]
         return {
-            "processes": "redis-server + 2 handlers + 2 projectors + notifier + sealer",
+            "processes": "redis-server + bus + 2 handlers + 2 projectors + notifier + sealer",
             "results": rows,
             "handler_split": split,
             "projector_lag": lag,

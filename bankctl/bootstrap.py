@@ -117,7 +117,6 @@ def open_admin_account(
     ]
     command = PreparedCommand(
         outcome_key=keys.command_outcome(INIT_COMMAND_ID),
-        reply_key=keys.reply("init-" + secrets.token_hex(8)),
         accounts=[AccountWrite(keys.account(ADMIN_ACCOUNT_ID), 0, state.to_fields())],
         events=events,
         reply_prefix=b'{"ok":true,"account":0,"seq":',

@@ -43,7 +43,8 @@ from eventstore.keys import Keys
 
 WORKERS = ("handler-1", "handler-2", "projector-1", "projector-2", "notifier", "sealer")
 DATABASES = ("database1.db", "database2.db")
-FAULT_KINDS = ("handler", "projector", "notifier", "sealer", "redis", "delete_db")
+FAULT_KINDS = ("handler", "projector", "notifier", "sealer", "redis", "bus", "delete_db")
+SERVER_VERBS = {"redis": ("kill_redis", "start_redis"), "bus": ("kill_bus", "start_bus")}
 MONEY_TYPES = frozenset({"MoneyDeposited", "MoneyWithdrawn", "MoneyTransferred"})
 INITIAL_CENTS = 50_000
 MAX_SELF_EXITS = 3
@@ -85,7 +86,8 @@ class Action:
 
     at: float
     verb: str
-    """``kill`` / ``start`` a worker, ``kill_redis`` / ``start_redis``, or ``delete`` a database file."""
+    """``kill`` / ``start`` a worker, ``kill_redis`` / ``start_redis`` (the log's Redis, restarted from its AOF),
+    ``kill_bus`` / ``start_bus`` (the request bus, restarted empty), or ``delete`` a database file."""
     target: str
 
     def describe(self) -> str:
@@ -99,8 +101,6 @@ def _target(kind: str, rng: random.Random) -> str:
         return rng.choice(("projector-1", "projector-2"))
     if kind == "delete_db":
         return rng.choice(DATABASES)
-    if kind == "redis":
-        return "redis"
     return kind
 
 
@@ -125,9 +125,9 @@ def plan(seed: int, *, duration_s: float, mean_gap_s: float) -> list[Action]:
             actions.append(Action(round(t, 3), "delete", target))
         elif down_until.get(target, 0.0) <= t:
             limit = max(0.0, duration_s - 0.5 - t)
-            if kind == "redis":
+            if kind in SERVER_VERBS:
                 down = min(limit, rng.choice((0.0, rng.uniform(0.2, 2.5))))
-                verbs = ("kill_redis", "start_redis")
+                verbs = SERVER_VERBS[kind]
             else:
                 down = min(limit, rng.choice((0.0, rng.uniform(0.3, 1.5), rng.uniform(1.5, 5.0))))
                 verbs = ("kill", "start")
@@ -135,7 +135,7 @@ def plan(seed: int, *, duration_s: float, mean_gap_s: float) -> list[Action]:
             actions.append(Action(round(t + down, 3), verbs[1], target))
             down_until[target] = t + down + 0.2
         t += rng.expovariate(1.0 / mean_gap_s) + 0.2
-    order = {"kill_redis": 0, "kill": 1, "delete": 2, "start_redis": 3, "start": 4}
+    order = {"kill_redis": 0, "kill_bus": 0, "kill": 1, "delete": 2, "start_redis": 3, "start_bus": 3, "start": 4}
     return sorted(actions, key=lambda a: (a.at, order[a.verb], a.target))
 
 
@@ -201,7 +201,7 @@ class ChaosRun:
     def _settle_requests(self, requests: list[Request]) -> dict[str, dict[str, Any]]:
         """Setup commands (no faults yet): every one must be accepted."""
         assert self.bank is not None
-        client = self.bank.client()
+        client = self.bank.bus_client()
         out: dict[str, dict[str, Any]] = {}
         ids = {secrets.token_hex(16): r for r in requests}
         pipe = client.pipeline(transaction=False)
@@ -235,6 +235,10 @@ class ChaosRun:
         elif action.verb == "start_redis":
             bank.restart_redis()
             self.redis_down = False
+        elif action.verb == "kill_bus":
+            bank.kill_bus()
+        elif action.verb == "start_bus":
+            bank.restart_bus()
         elif action.verb == "delete":
             path = bank.data_dir / action.target
             path.unlink(missing_ok=True)
@@ -453,6 +457,8 @@ class ChaosRun:
             except Exception:  # noqa: BLE001
                 proc.kill()
         self.bank.redis.stop()
+        if self.bank.bus is not None:
+            self.bank.bus.stop()
         self.report.kept_dir = str(self.bank.root)
 
 

@@ -67,7 +67,7 @@ class LoadClient(threading.Thread):
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis(unix_socket_path=str(self.bank.redis.socket), socket_timeout=5,
+            self._client = redis.Redis(unix_socket_path=str(self.bank.bus_server.socket), socket_timeout=5,
                                        socket_connect_timeout=2)
         return self._client
 

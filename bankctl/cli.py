@@ -30,10 +30,13 @@ COMMAND_MODULES = (
               help="Where keys, databases, the outbox and the embedded Redis live [env BANKCTL_DATA_DIR].")
 @click.option("--redis-url", envvar="BANKCTL_REDIS_URL", default=None,
               help="Use this Redis instead of the embedded one [env BANKCTL_REDIS_URL].")
+@click.option("--bus-url", envvar="BANKCTL_BUS_URL", default=None,
+              help="Redis for requests, replies and heartbeats (persists nothing) [env BANKCTL_BUS_URL; default: "
+                   "the embedded bus, or --redis-url when that is set].")
 @click.option("--profile", envvar="BANKCTL_PROFILE", default="default", show_default=True,
               help="Which saved session to use [env BANKCTL_PROFILE].")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, redis_url: str | None, profile: str) -> None:
+def cli(ctx: click.Context, data_dir: str, redis_url: str | None, bus_url: str | None, profile: str) -> None:
     """Fintech Fortress core banking.
 
     Exit codes: 0 success, 1 unexpected error, 2 invalid input, 3 rejected by the bank's rules,
@@ -41,7 +44,7 @@ def cli(ctx: click.Context, data_dir: str, redis_url: str | None, profile: str) 
     """
     from bankctl.config import Settings
 
-    ctx.obj = Settings.from_env(data_dir=data_dir, redis_url=redis_url, profile=profile)
+    ctx.obj = Settings.from_env(data_dir=data_dir, redis_url=redis_url, profile=profile, bus_url=bus_url)
 
 
 for _module in COMMAND_MODULES:

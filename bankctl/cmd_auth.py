@@ -51,7 +51,7 @@ def _new_password(*, from_stdin: bool, prompt: str) -> str:
 def _bank_client(settings: Any) -> Any:
     from commands.client import BankClient
 
-    return BankClient(settings.connect("client"), keys=settings.keys)
+    return BankClient(settings.connect_bus("client"), keys=settings.keys)
 
 
 def _send(bank: Any, request_type: str, payload: dict[str, Any], session: str | None = None) -> dict[str, Any]:

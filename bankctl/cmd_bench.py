@@ -39,7 +39,8 @@ def render(report: dict[str, Any]) -> str:
     opts = report["options"]
     lines = [
         f"machine: {m['host']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
-        f"{m['python']}, Redis {m['redis']} (appendfsync {report['fsync']}); load average at start "
+        f"{m['python']}, Redis {m['redis']} (log: appendfsync {report['fsync']}; request bus: a second redis-server "
+        f"that persists nothing); load average at start "
         f"{' '.join(str(x) for x in m['load_average_at_start'])}",
         f"{opts['accounts']} accounts; medians of {opts['runs']} runs; batched = {opts['clients']} client processes "
         f"x {opts['window']} commands in flight as batch requests (one customer's commands each, one reply per "

@@ -22,6 +22,9 @@ def _settings(ctx: click.Context) -> Any:
 def _describe(state: Any) -> str:
     lines = [f"redis: {state.redis_url}" + (f" (embedded, pid {state.redis_pid}, AOF always)" if state.redis_pid
                                             else " (external)")]
+    if state.bus_url and state.bus_url != state.redis_url:
+        lines.append(f"request bus: {state.bus_url}" + (f" (embedded, pid {state.bus_pid}, persists nothing)"
+                                                         if state.bus_pid else " (external)"))
     for name, pid in state.workers.items():
         lines.append(f"{name}: pid {pid}, log {state.logs.get(name, '-')}")
     for name, why in state.skipped.items():
@@ -47,7 +50,8 @@ def up_cmd(ctx: click.Context, detach: bool, as_json: bool) -> None:
         if detach:
             state = start_detached(settings)
             data = {"ok": True, "detached": True, "supervisor_pid": state.supervisor_pid,
-                    "redis": state.redis_url, "workers": state.workers, "skipped": state.skipped}
+                    "redis": state.redis_url, "bus": state.bus_url, "workers": state.workers,
+                    "skipped": state.skipped}
             emit(as_json, data, lambda: _describe(state) + f"\nsupervisor: pid {state.supervisor_pid}; "
                  "stop with 'bankctl down'")
             return
@@ -57,7 +61,7 @@ def up_cmd(ctx: click.Context, detach: bool, as_json: bool) -> None:
     except (SupervisorError, RedisUnavailable) as error:
         raise BankctlError(str(error), Exit.UNAVAILABLE, "unavailable") from error
     data = {"ok": True, "detached": False, "supervisor_pid": os.getpid(), "redis": state.redis_url,
-            "workers": state.workers, "skipped": state.skipped}
+            "bus": state.bus_url, "workers": state.workers, "skipped": state.skipped}
     emit(as_json, data, lambda: _describe(state) + "\nthe bank is up; Ctrl-C stops it")
     sys.stdout.flush()
     sys.exit(supervisor.watch())
@@ -85,7 +89,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     settings = _settings(ctx)
     try:
         client = settings.connect("admin", socket_timeout=5)
-        report = bank_status(settings, client)
+        bus = settings.connect_bus("admin", socket_timeout=5)
+        report = bank_status(settings, client, bus)
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
         raise BankctlError(f"the bank is not reachable ({error}): try 'bankctl up'", Exit.UNAVAILABLE,
                            "unavailable") from error
@@ -94,7 +99,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         rows = [{"worker": name, "kind": w["kind"], "pid": w["pid"], "alive": "yes" if w["alive"] else "NO",
                  "pending": report["pending"].get(name, ""), "beat": f"{w['beat_age_s']}s ago"}
                 for name, w in report["workers"].items()]
-        head = (f"redis {report['redis']}; log length {report['log_length']}, last seq {report['last_seq']}, "
+        bus = f"; request bus {report['bus']}" if report["bus"] != report["redis"] else ""
+        head = (f"redis {report['redis']}{bus}; log length {report['log_length']}, last seq {report['last_seq']}, "
                 f"{report['commands_waiting']} commands waiting")
         sms = report["notifier"]
         tail = (f"SMS: {sms['lag']} events not yet delivered to a notifier, {sms['pending']} in flight, "
@@ -120,7 +126,7 @@ def _run_worker(ctx: click.Context, kind: str, name: str | None, **options: Any)
     if not settings.master_key_path.exists():
         raise BankctlError(f"{settings.data_dir} is not initialised: run 'bankctl init' first", Exit.INVALID)
     module = importlib.import_module(WORKER_MODULES[kind])
-    code = module.main(redis_url=settings.redis_url(kind), data_dir=settings.data_dir,
+    code = module.main(redis_url=settings.redis_url(kind), bus_url=settings.bus_url(kind), data_dir=settings.data_dir,
                        name=name or f"{kind}-{os.getpid()}", **options)
     sys.exit(int(code))
 

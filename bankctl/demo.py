@@ -78,9 +78,9 @@ def burst_with_handler_kill(demo: Demo, source: int, target: int, profile: str) 
     settings = Settings.from_env(data_dir=str(demo.data_dir), profile=profile)
     session = load_session(profile)
     assert session is not None, "the customer's session was not saved"
-    client = settings.connect("client", socket_timeout=30)
+    client = settings.connect_bus("client", socket_timeout=30)
     bank = BankClient(client, keys=settings.keys, timeout_s=20)
-    admin = settings.connect("admin")
+    admin = settings.connect_bus("admin")  # heartbeats, replies and the handlers' pending entries
     pid = int(admin.hget(settings.keys.worker("handler-1"), "pid") or 0)
     if not pid:
         raise DemoFailed("handler-1 is not running")
@@ -109,7 +109,7 @@ def burst_with_handler_kill(demo: Demo, source: int, target: int, profile: str) 
     from eventstore.log import iterate
 
     in_log: dict[str, int] = {}
-    for stored in iterate(admin, settings.keys):
+    for stored in iterate(settings.connect("admin"), settings.keys):
         command_id = stored.payload()["command_id"]
         if command_id in outcomes:
             in_log[command_id] = in_log.get(command_id, 0) + 1

@@ -57,7 +57,7 @@ class BankSession:
 
     def _client(self) -> BankClient:
         if self._bank is None:
-            client = self.settings.connect("client")
+            client = self.settings.connect_bus("client")
             self._bank = (BankClient(client, keys=self.settings.keys) if self._timeout_s is None
                           else BankClient(client, keys=self.settings.keys, timeout_s=self._timeout_s))
         return self._bank

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import redis
 
 from bankctl.config import Settings
-from bankctl.embedded_redis import RedisProcess, start_redis
+from bankctl.embedded_redis import RedisProcess, start_bus, start_redis
 
 STATE_FILE = "state.json"
 STOP_TIMEOUT_S = 15.0
@@ -58,6 +58,8 @@ class RunState:
     supervisor_pid: int
     redis_url: str
     redis_pid: int | None = None
+    bus_url: str = ""
+    bus_pid: int | None = None
     workers: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -137,10 +139,17 @@ def import_problem(kind: str) -> str | None:
 
 
 def worker_command(settings: Settings, spec: WorkerSpec) -> list[str]:
+    return [*bankctl_command(settings), "worker", spec.kind, "--name", spec.name, *spec.args]
+
+
+def bankctl_command(settings: Settings) -> list[str]:
+    """``bankctl`` with the settings that must reach a child process (data dir, Redis and bus URLs)."""
     command = [sys.executable, "-m", "bankctl.cli", "--data-dir", str(settings.data_dir)]
     if settings.redis_url_override:
         command += ["--redis-url", settings.redis_url_override]
-    return [*command, "worker", spec.kind, "--name", spec.name, *spec.args]
+    if settings.bus_url_override:
+        command += ["--bus-url", settings.bus_url_override]
+    return command
 
 
 def _acl_file(settings: Settings) -> tuple[Path | None, tuple[str, str] | None]:
@@ -163,6 +172,7 @@ class Supervisor:
         self.say = say
         self.specs = list(specs) if specs is not None else default_specs(settings)
         self.redis: RedisProcess | None = None
+        self.bus: RedisProcess | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: dict[str, int] = {}
         self.next_start: dict[str, float] = {}
@@ -190,12 +200,16 @@ class Supervisor:
             else:
                 runnable.append(spec)
         self.specs = runnable
-        if settings.embedded:
-            acl_file, admin = _acl_file(settings)
-            self.redis = start_redis(settings.redis_dir, fsync="always", acl_file=acl_file, wait_password=admin)
         self.state = RunState(supervisor_pid=os.getpid(), redis_url=public_url(settings.redis_url("client")),
-                              redis_pid=self.redis.pid if self.redis else None, skipped=skipped)
+                              bus_url=public_url(settings.bus_url("client")), skipped=skipped)
         try:
+            acl_file, admin = _acl_file(settings)
+            if settings.embedded:
+                self.redis = start_redis(settings.redis_dir, fsync="always", acl_file=acl_file, wait_password=admin)
+                self.state.redis_pid = self.redis.pid
+            if settings.embedded_bus:
+                self.bus = start_bus(settings.bus_dir, acl_file=acl_file, wait_password=admin)
+                self.state.bus_pid = self.bus.pid
             for spec in self.specs:
                 self._spawn(spec)
             write_state(settings, self.state)
@@ -219,7 +233,7 @@ class Supervisor:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every worker's heartbeat exists; a worker that exits meanwhile is an error with its log tail."""
-        client = self.settings.connect("admin")
+        client = self.settings.connect_bus("admin")  # heartbeats are on the bus
         deadline = time.monotonic() + timeout_s
         try:
             while True:
@@ -269,6 +283,15 @@ class Supervisor:
             assert self.state is not None
             self.state.redis_pid = self.redis.pid
             write_state(self.settings, self.state)
+        if self.bus is not None and self.bus.process is not None and self.bus.process.poll() is not None:
+            self.say("the request bus exited; restarting it empty (clients resend what was in flight)")
+            from bankctl.embedded_redis import restart
+
+            acl_file, admin = _acl_file(self.settings)
+            self.bus = restart(self.bus, wait_password=admin) if acl_file else restart(self.bus)
+            assert self.state is not None
+            self.state.bus_pid = self.bus.pid
+            write_state(self.settings, self.state)
         now = time.monotonic()
         for spec in self.specs:
             child = self.children.get(spec.name)
@@ -292,9 +315,10 @@ class Supervisor:
         """SIGTERM every worker (they finish their batch), wait, SIGKILL stragglers, then stop Redis."""
         stop_processes(list(self.children.values()))
         self.children.clear()
-        if self.redis is not None:
-            self.redis.stop()
-            self.redis = None
+        for server in (self.redis, self.bus):
+            if server is not None:
+                server.stop()
+        self.redis = self.bus = None
         state = read_state(self.settings)
         if state is not None and state.supervisor_pid == os.getpid():
             state_path(self.settings).unlink(missing_ok=True)
@@ -346,6 +370,8 @@ def shut_down(settings: Settings) -> dict[str, Any]:
             stopped.append(name)
     if state.redis_pid and _terminate_pid(state.redis_pid, ("redis-server",)):
         stopped.append("redis")
+    if state.bus_pid and _terminate_pid(state.bus_pid, ("redis-server",)):
+        stopped.append("bus")
     state_path(settings).unlink(missing_ok=True)
     return {"ok": True, "stopped": stopped, "message": "stopped"}
 
@@ -353,9 +379,7 @@ def shut_down(settings: Settings) -> dict[str, Any]:
 def start_detached(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> RunState:
     """Run the foreground supervisor in the background; return once it reports every worker ready."""
     settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    command = [sys.executable, "-m", "bankctl.cli", "--data-dir", str(settings.data_dir)]
-    if settings.redis_url_override:
-        command += ["--redis-url", settings.redis_url_override]
+    command = bankctl_command(settings)
     log_path = settings.run_dir / "supervisor.log"
     with open(log_path, "ab") as log:
         child = subprocess.Popen([*command, "up"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -372,23 +396,23 @@ def start_detached(settings: Settings, timeout_s: float = READY_TIMEOUT_S) -> Ru
     raise SupervisorError(f"the bank did not become ready within {timeout_s:.0f}s; see {log_path}")
 
 
-def bank_status(settings: Settings, client: redis.Redis) -> dict[str, Any]:
-    """Workers alive (heartbeats), pending per handler, log length, last seq."""
+def bank_status(settings: Settings, client: redis.Redis, bus: redis.Redis) -> dict[str, Any]:
+    """Workers alive (heartbeats), pending per handler, log length, last seq (``bus`` may be ``client``)."""
     from eventstore.log import last_seq
     from notifier.status import notifier_status
 
     keys = settings.keys
     workers = {}
-    for key in sorted(client.scan_iter(match=keys.worker("*"), count=1000)):
+    for key in sorted(bus.scan_iter(match=keys.worker("*"), count=1000)):
         name = key.decode().split(":worker:", 1)[1]
-        raw = {k.decode(): v.decode(errors="replace") for k, v in client.hgetall(key).items()}
+        raw = {k.decode(): v.decode(errors="replace") for k, v in bus.hgetall(key).items()}
         age = time.time() - float(raw.get("beat", "0") or 0)
         workers[name] = {"kind": raw.get("kind", "?"), "pid": int(raw.get("pid", "0") or 0),
                          "alive": age < 10, "beat_age_s": round(age, 1),
                          "counters": {k[2:]: int(v) for k, v in raw.items() if k.startswith("n_") and v.isdigit()}}
     try:
         pending = {row["name"].decode(): int(row["pending"])
-                   for row in client.xinfo_consumers(keys.commands, "handlers")}
+                   for row in bus.xinfo_consumers(keys.commands, "handlers")}
     except redis.ResponseError:
         pending = {}
     log_length = client.xlen(keys.events) if client.exists(keys.events) else 0
@@ -396,12 +420,13 @@ def bank_status(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     return {
         "ok": True,
         "redis": public_url(settings.redis_url("client")),
+        "bus": public_url(settings.bus_url("client")),
         "supervisor_pid": state.supervisor_pid if state and pid_alive(state.supervisor_pid) else None,
         "workers": workers,
         "skipped": state.skipped if state else {},
         "pending": pending,
         "log_length": log_length,
         "last_seq": last_seq(client, keys),
-        "commands_waiting": client.xlen(keys.commands) if client.exists(keys.commands) else 0,
+        "commands_waiting": bus.xlen(keys.commands) if bus.exists(keys.commands) else 0,
         "notifier": notifier_status(client, keys),
     }

@@ -9,7 +9,15 @@ One iteration (:meth:`CommandHandler.poll_once`):
 4. load the touched accounts and stored outcomes (one round trip), decide in order over a local overlay so a
    later command sees the earlier ones' effects, seal personal data, and append the whole batch in one script;
 5. re-decide commands that met a version conflict against fresh state (bounded rounds);
-6. only then XACK and XDEL the entries: the request stream holds personal data in plaintext until processed.
+6. only then do the side effects outside the log (revoke sessions, destroy a data key), push the replies and
+   XACK and XDEL the entries, in one round trip to the request bus: the request stream holds personal data in
+   plaintext until processed.
+
+Two Redis roles: ``client`` holds the log and the write-side state (AOF ``always``); ``bus`` carries requests,
+replies and heartbeats. They are the same server unless the bank runs a separate, non-persistent bus (the
+default of ``bankctl up``): then a request costs the log's Redis one disk sync (the script) instead of four
+(request XADD, XREADGROUP, the script, XACK), and losing the bus loses only requests in flight, which clients
+resend with the same command id.
 
 A crash anywhere before step 6 leaves the entries pending; a restart or the other handler replays them, and the
 script's stored outcomes make the replay exactly-once in effect.
@@ -46,7 +54,7 @@ from commands.requests import (
 from commands.state import AccountState
 from commands.state_loader import StateLoader
 from eventstore.append import MAX_COMMANDS_PER_APPEND, Appender, AppendResult, AppendStatus, PreparedCommand
-from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.direct import Command, DirectConnection
 from eventstore.envelope import utc_timestamp
 from eventstore.groups import ConsumerGroup, Entry
@@ -77,7 +85,7 @@ class HandlerConfig:
     max_deliveries: int = 5
     max_rounds: int = 8
     backoff_s: float = 0.001
-    reply_ttl_s: int = 120
+    reply_ttl_s: int = 120  # a reply nobody collected (the client gave up) expires from the bus
 
     def __post_init__(self) -> None:
         assert 0 < self.batch_size <= 512, "a batch must fit one append call"
@@ -107,17 +115,11 @@ class Preload:
     states: dict[int, AccountState] = field(default_factory=dict)
 
 
-# Commands whose success is followed by a side effect outside the script (destroy a data key, revoke sessions):
-# their request is acknowledged only after it, so a crash in between redelivers the command and redoes it.
-ACK_AFTER_SIDE_EFFECTS = (EraseCustomer, CloseAccount, ChangePassword)
-
-
 @dataclass(slots=True)
 class Batch:
     """What one iteration must send back and acknowledge."""
 
     ack_ids: list[str] = field(default_factory=list)
-    acked_by_script: set[str] = field(default_factory=set)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     batch_replies: dict[str, list[bytes | None]] = field(default_factory=dict)  # by request id, in command order
     revoke: set[int] = field(default_factory=set)
@@ -160,6 +162,7 @@ class CommandHandler:
         self,
         client: redis.Redis,
         *,
+        bus: redis.Redis | None = None,
         keys: Keys,
         vault: PersonalDataVault,
         name: str,
@@ -170,6 +173,7 @@ class CommandHandler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
+        self.bus = client if bus is None else bus
         self.keys = keys
         self.vault = vault
         self.name = name
@@ -178,10 +182,12 @@ class CommandHandler:
         self.sessions = sessions or SessionStore(client, keys=keys, master_key=vault.master_key)
         self.config = config or HandlerConfig()
         self.clock = clock
-        self.group = ConsumerGroup(client, stream=keys.commands, group=GROUP, consumer=name)
-        self.appender = Appender(client, keys=keys, reply_ttl_s=self.config.reply_ttl_s, ack_group=GROUP)
+        self.group = ConsumerGroup(self.bus, stream=keys.commands, group=GROUP, consumer=name)
+        self.appender = Appender(client, keys=keys)
         self.state_loader = StateLoader(client, keys=keys)
         self.direct = DirectConnection(client)  # the per-batch reads: no client layers (see eventstore.direct)
+        # replies and acknowledgements
+        self.bus_direct = self.direct if self.bus is client else DirectConnection(self.bus)
         self.auth = AuthService(client, keys=keys, vault=vault, server_id=server_id, sessions=self.sessions)
         self.counters: dict[str, int] = {
             "processed": 0, "events": 0, "rejected": 0, "refused": 0, "dead": 0, "dups": 0, "conflicts": 0,
@@ -197,8 +203,10 @@ class CommandHandler:
 
     def poll_once(self, block_ms: int | None = USE_CONFIGURED_BLOCK) -> int:
         """One iteration; returns how many entries it settled. ``block_ms=None`` never blocks (tests)."""
-        if not self._ready:
+        if not self._ready:  # at start, and after the bus lost its data (a restarted, non-persistent bus)
             self.group.ensure()
+            if self.transport_key is not None:
+                publish_public_key(self.bus, self.keys, self.transport_key)
             self._ready = True
         try:
             entries, counts = self._fetch(self.config.block_ms if block_ms == USE_CONFIGURED_BLOCK else block_ms)
@@ -238,7 +246,7 @@ class CommandHandler:
         return self.group.read_new(count=count, block_ms=block_ms), {}
 
     def _delivery_counts(self, entries: Sequence[Entry]) -> dict[str, int]:
-        rows = self.client.xpending_range(
+        rows = self.bus.xpending_range(
             self.group.stream, GROUP, min=entries[0][0], max=entries[-1][0], count=len(entries) + 16,
             consumername=self.name,
         )
@@ -288,7 +296,7 @@ class CommandHandler:
     ) -> None:
         log.warning("%s: dead-lettering %s: %s", self.name, entry_id, reason)
         self.group.dead_letter(self.keys.dead(DEAD_LETTER_NAME), entry_id, redacted_fields(fields), reason,
-                               delete=True)
+                               delete=True, store=self.client)
         self.counters["dead"] += 1
         if request_id is not None:
             batch.reply(request_id, _refusal("malformed_request", reason))
@@ -444,16 +452,12 @@ class CommandHandler:
                     live.append(work)
                     continue
                 assert item is not None, "a command with a result was sent, so it was prepared"
-                if item.ack_entry:
-                    batch.acked_by_script.add(item.ack_entry)
                 self.counters["processed"] += 1
+                batch.answer(work.request, item.reply_for(result))
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
-                    self._after_duplicate(work, batch, answered_by_script=item.push_reply)
-                    continue
-                if not item.push_reply:
-                    batch.answer(work.request, item.reply_for(result))
-                if result.status is AppendStatus.REJECTED:
+                    self._after_duplicate(work, result, batch)
+                elif result.status is AppendStatus.REJECTED:
                     self.counters["rejected"] += 1
                 else:
                     self._after_success(work, batch)
@@ -524,10 +528,9 @@ class CommandHandler:
         one. Either way the command id has exactly one outcome; a client retries with a new command id.
         """
         prepared = [
-            PreparedCommand(self.keys.command_outcome(w.request.command_id), self.keys.reply(w.request.request_id),
-                            [], [], orjson.dumps(_refusal(Reason.CONFLICT, "the accounts changed too often while "
-                                                          "deciding; try again", w.request.command_id)),
-                            push_reply=w.request.batch_index is None)
+            PreparedCommand(self.keys.command_outcome(w.request.command_id), [], [],
+                            orjson.dumps(_refusal(Reason.CONFLICT, "the accounts changed too often while deciding; "
+                                                  "try again", w.request.command_id)))
             for w in works
         ]
         for start in range(0, len(prepared), MAX_COMMANDS_PER_APPEND):
@@ -535,38 +538,29 @@ class CommandHandler:
             chunk = prepared[start:end]
             for work, item, result in zip(works[start:end], chunk, self.appender.append(chunk), strict=True):
                 self.counters["processed"] += 1
+                batch.answer(work.request, item.reply_for(result))
                 if result.status is AppendStatus.DUPLICATE:
                     self.counters["dups"] += 1
-                    self._after_duplicate(work, batch, answered_by_script=item.push_reply)
-                elif not item.push_reply:
-                    batch.answer(work.request, item.reply_for(result))
+                    self._after_duplicate(work, result, batch)
 
     def _load(self, accounts: set[int]) -> dict[int, AccountState]:
         return self.state_loader.load(accounts)
 
     def _prepare(self, work: Work, overlay: dict[int, AccountState], occurred_at: str) -> PreparedCommand:
         request = work.request
-        origin = Origin(request.command_id, request.request_id, work.actor, occurred_at)
+        origin = Origin(request.command_id, work.actor, occurred_at)
         before = {a: overlay[a] for a in work.accounts}
         if work.lock is not None:
             outcome = _decide_lock(work.lock, before[work.accounts[0]])
         else:
             assert request.command is not None
             outcome = decide(request.command, overlay, Context(work.principal, work.new_account_id))
-        in_batch = request.batch_index is not None  # a batch is replied to and acknowledged by _finish
         if isinstance(outcome, Rejection):
             if work.lock_reply is not None:  # nothing to lock: just answer the login request
-                return PreparedCommand(self.keys.command_outcome(request.command_id),
-                                       self.keys.reply(request.request_id), [], [], orjson.dumps(work.lock_reply))
-            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys,
-                                     ack_entry="" if in_batch else request.entry_id, push_reply=not in_batch)
-        # a command with side effects after the append is acknowledged, and answered, only after them (see
-        # _finish): a crash in between redelivers it, the redelivery redoes them, and a reply never announces an
-        # erasure or a revocation that has not happened yet
-        settled_by_script = not in_batch and not isinstance(request.command, ACK_AFTER_SIDE_EFFECTS)
-        prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply,
-                                    ack_entry=request.entry_id if settled_by_script else "",
-                                    push_reply=settled_by_script)
+                return PreparedCommand(self.keys.command_outcome(request.command_id), [], [],
+                                       orjson.dumps(work.lock_reply))
+            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys)
+        prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
         return prepared
@@ -581,13 +575,10 @@ class CommandHandler:
         if orjson.loads(stored).get("ok"):
             self._after_success(work, batch)
 
-    def _after_duplicate(self, work: Work, batch: Batch, *, answered_by_script: bool) -> None:
-        """The script met an outcome stored meanwhile (a resend decided by the other handler): it is the answer."""
-        stored = self.client.get(self.keys.command_outcome(work.request.command_id))
-        if not answered_by_script:  # a batch member, or a command answered after its side effects
-            batch.answer(work.request, stored if stored is not None else _refusal(
-                "internal_error", "internal error: outcome expired", work.request.command_id))
-        if stored is not None and orjson.loads(stored).get("ok"):
+    def _after_duplicate(self, work: Work, result: AppendResult, batch: Batch) -> None:
+        """The script met an outcome stored meanwhile (a resend decided by the other handler): it was the answer,
+        and its side effects are redone (they are idempotent) before the reply goes out."""
+        if result.stored is not None and orjson.loads(result.stored).get("ok"):
             self._after_success(work, batch)
 
     def _after_success(self, work: Work, batch: Batch) -> None:
@@ -600,7 +591,12 @@ class CommandHandler:
             batch.revoke.add(command.account)
 
     def _finish(self, batch: Batch) -> None:
-        """Side effects that must follow the append, then replies and the acknowledgement, in one round trip."""
+        """Side effects that must follow the append, then replies and the acknowledgement, in one round trip.
+
+        Replies go out only after the side effects, so a reply never announces an erasure or a revocation that
+        has not happened yet; a crash before the acknowledgement redelivers the entries, and the stored outcomes
+        make the redelivery answer the same and redo only the (idempotent) side effects.
+        """
         for account in batch.erase:
             self.vault.destroy_data_key(account)
         for account in batch.revoke:
@@ -610,11 +606,11 @@ class CommandHandler:
             key = self.keys.reply(request_id)
             commands.append(("RPUSH", key, body))
             commands.append(("EXPIRE", key, self.config.reply_ttl_s))
-        ack_ids = [i for i in dict.fromkeys(batch.ack_ids) if i not in batch.acked_by_script]
+        ack_ids = list(dict.fromkeys(batch.ack_ids))
         if ack_ids:
             commands.append(("XACK", self.group.stream, GROUP, *ack_ids))
             commands.append(("XDEL", self.group.stream, *ack_ids))
-        self.direct.execute(commands)
+        self.bus_direct.execute(commands)
 
 
 def _decide_lock(data: dict[str, Any], state: AccountState) -> Decision | Rejection:
@@ -626,7 +622,8 @@ def _decide_lock(data: dict[str, Any], state: AccountState) -> Decision | Reject
     return Decision((event,), {state.account_id: new}, {"account": state.account_id})
 
 
-def build_handler(client: redis.Redis, *, data_dir: Path, name: str, keys: Keys = KEYS) -> CommandHandler:
+def build_handler(client: redis.Redis, *, data_dir: Path, name: str, keys: Keys = KEYS,
+                  bus: redis.Redis | None = None) -> CommandHandler:
     """A handler wired to the bank's master key and server id under ``data_dir``."""
     master_key = load_master_key(data_dir / "master.key")
     server_id_path = data_dir / "server_id"
@@ -635,16 +632,16 @@ def build_handler(client: redis.Redis, *, data_dir: Path, name: str, keys: Keys 
     transport_key = None
     if (data_dir / "transport.key").exists():
         transport_key = load_transport_key(data_dir / "transport.key")
-        publish_public_key(client, keys, transport_key)
-    return CommandHandler(client, keys=keys, vault=vault, name=name, server_id=server_id,
+    return CommandHandler(client, bus=bus, keys=keys, vault=vault, name=name, server_id=server_id,
                           transport_key=transport_key)
 
 
-def main(*, redis_url: str, data_dir: Path, name: str, **_options: object) -> int:
+def main(*, redis_url: str, bus_url: str | None = None, data_dir: Path, name: str, **_options: object) -> int:
     """Entry point of ``bankctl worker handler``: run until SIGTERM/SIGINT."""
     configure_logging()
     client = connect(redis_url)
-    handler = build_handler(client, data_dir=Path(data_dir), name=name)
-    runner = WorkerRunner(handler, client=client, keys=KEYS, name=name)
+    bus = connect_bus(bus_url, log_url=redis_url, log_client=client)
+    handler = build_handler(client, data_dir=Path(data_dir), name=name, bus=bus)
+    runner = WorkerRunner(handler, client=bus, keys=KEYS, name=name)
     runner.install_signal_handlers()
     return runner.run()

@@ -31,7 +31,6 @@ class Origin:
     """Who caused a command and when: the parts of every envelope that do not come from the decider."""
 
     command_id: str
-    request_id: str
     actor: str
     occurred_at: str
 
@@ -96,13 +95,8 @@ def prepare_decision(
     keys: Keys,
     vault: PersonalDataVault,
     reply: Mapping[str, Any] | None = None,
-    ack_entry: str = "",
-    push_reply: bool = True,
 ) -> PreparedCommand:
-    """Envelope, seal and encode an accepted command. ``reply`` replaces the usual success reply (plain mode).
-
-    ``ack_entry`` and ``push_reply`` are passed through to :class:`PreparedCommand`.
-    """
+    """Envelope, seal and encode an accepted command. ``reply`` replaces the usual success reply (plain mode)."""
     states = decision.new_states
     writes = [
         AccountWrite(keys.account(account), before[account].version, changed_fields(vault, before[account], state))
@@ -125,28 +119,22 @@ def prepare_decision(
         prefix, suffix = split_body_around_seq(body)
         events.append(PreparedEvent(draft.type, prefix, suffix))
     outcome_key = keys.command_outcome(origin.command_id)
-    reply_key = keys.reply(origin.request_id)
     if reply is not None:
-        return PreparedCommand(outcome_key, reply_key, writes, events, orjson.dumps(reply), None, ack_entry,
-                               push_reply)
+        return PreparedCommand(outcome_key, writes, events, orjson.dumps(reply), None)
     prefix, suffix = reply_with_seq(success_reply(origin.command_id, decision.reply))
-    return PreparedCommand(outcome_key, reply_key, writes, events, prefix, suffix, ack_entry, push_reply)
+    return PreparedCommand(outcome_key, writes, events, prefix, suffix)
 
 
 def prepare_rejection(
-    rejection: Rejection, touched: Sequence[AccountState], origin: Origin, *, keys: Keys, ack_entry: str = "",
-    push_reply: bool = True,
+    rejection: Rejection, touched: Sequence[AccountState], origin: Origin, *, keys: Keys
 ) -> PreparedCommand:
     """A refusal: no event, but the versions it was judged on are checked (a stale refusal is re-decided)."""
     seen = {state.account_id: state.version for state in touched}
     writes = [AccountWrite(keys.account(account), version) for account, version in seen.items()]
     return PreparedCommand(
         keys.command_outcome(origin.command_id),
-        keys.reply(origin.request_id),
         writes,
         [],
         orjson.dumps(rejection_reply(origin.command_id, rejection)),
         None,
-        ack_entry,
-        push_reply,
     )

@@ -1,19 +1,19 @@
 -- One atomic append for a batch of decided commands (DESIGN §5).
 --
--- KEYS[1] = the log stream, KEYS[2] = the global seq counter, KEYS[3] = the request stream, then for every
---   command in order: its outcome key, its reply key, then the keys of the accounts it touched.
--- ARGV[1] = outcome TTL (s), ARGV[2] = reply TTL (s), ARGV[3] = number of commands, ARGV[4] = the request
---   stream's consumer group ('' when nothing is acknowledged here), then per command:
---   n_accounts, n_events, reply_mode, reply_a, reply_b, ack_id ('' or the request's entry id),
+-- KEYS[1] = the log stream, KEYS[2] = the global seq counter, then for every command in order: its outcome key,
+--   then the keys of the accounts it touched.
+-- ARGV[1] = outcome TTL (s), ARGV[2] = number of commands, then per command:
+--   n_accounts, n_events, outcome_mode, outcome_a, outcome_b,
 --   per account: expected_version, n_fields, field1, value1, ...   (n_fields is 0 when nothing changes)
 --   per event:   type, body_prefix, body_suffix                  (the body is prefix .. seq .. suffix)
--- reply_mode: 'seq' (reply = reply_a .. last seq .. reply_b) or 'plain' (reply = reply_a), pushed to the reply key;
---   'seq_quiet' and 'plain_quiet' store the outcome the same way but push nothing (a member of a batch request,
---   whose handler sends one reply for the whole batch).
--- Returns a flat array {status1, seq1, status2, seq2, ...} with status 'ok' | 'rejected' | 'dup' | 'conflict'
--- and seq the last seq the command appended (0 when it appended nothing). A settled command (anything but a
--- conflict) with an ack_id has its request acknowledged and deleted in the same atomic step, which saves the
--- handler a round trip and a disk sync per batch.
+-- outcome_mode: 'seq' (outcome = outcome_a .. last seq .. outcome_b) or 'plain' (outcome = outcome_a).
+-- Returns a flat array {status1, x1, status2, x2, ...} with status 'ok' | 'rejected' | 'dup' | 'conflict'; x is
+-- the last seq the command appended (0 when it appended nothing), or for 'dup' the outcome stored by the first
+-- delivery, which is the answer to a resend.
+--
+-- The script only writes the log and the write-side state. The reply and the acknowledgement of the request
+-- are the handler's, on the request bus, once the script has returned (see commands/handler.py): the bus is a
+-- separate, non-persistent Redis in the recommended layout, so requests and replies cost the log no disk sync.
 --
 -- The whole batch is validated before the first write, because a Lua error keeps earlier writes. Counts must be
 -- non-negative integers. Every variable is local: a global breaks later scripts on fakeredis.
@@ -33,42 +33,37 @@ local function bad(message)
   return redis.error_reply('APPEND_BAD_ARGS ' .. message)
 end
 
-local reply_modes = {seq = true, plain = true, seq_quiet = true, plain_quiet = true}
-local quiet_modes = {seq_quiet = true, plain_quiet = true}
+local outcome_modes = {seq = true, plain = true}
 
 local function is_count(n)
   return n ~= nil and n >= 0 and n % 1 == 0
 end
 
 local outcome_ttl = tonumber(argv[1])
-local reply_ttl = tonumber(argv[2])
-local n_commands = tonumber(argv[3])
-local ack_group = argv[4]
-if not outcome_ttl or not reply_ttl or not is_count(n_commands) or not ack_group or not keys[3] then
+local n_commands = tonumber(argv[2])
+if not outcome_ttl or not is_count(n_commands) or not keys[2] then
   return bad('header')
 end
 
 -- Validation pass: where each command's arguments (a), keys (k) and events (e) start.
 local starts_a, starts_k, starts_e = {}, {}, {}
-local a = 5
-local k = 4
+local a = 3
+local k = 3
 for c = 1, n_commands do
   local n_acct = tonumber(argv[a])
   local n_events = tonumber(argv[a + 1])
-  local reply_mode = argv[a + 2]
-  if not is_count(n_acct) or not is_count(n_events) or not reply_modes[reply_mode] then
+  if not is_count(n_acct) or not is_count(n_events) or not outcome_modes[argv[a + 2]] then
     return bad('command ' .. c)
   end
-  local ack_id = argv[a + 5]
-  if not keys[k] or not keys[k + 1] or not argv[a + 4] or not ack_id or (ack_id ~= '' and ack_group == '') then
+  if not keys[k] or not argv[a + 4] then
     return bad('command ' .. c .. ' keys')
   end
   starts_a[c] = a
   starts_k[c] = k
-  a = a + 6
+  a = a + 5
   for i = 1, n_acct do
     local n_fields = tonumber(argv[a + 1])
-    if not keys[k + 1 + i] or not is_count(n_fields) then
+    if not keys[k + i] or not is_count(n_fields) then
       return bad('command ' .. c .. ' account ' .. i)
     end
     a = a + 2 + n_fields * 2
@@ -85,7 +80,7 @@ for c = 1, n_commands do
       end
     end
   end
-  k = k + 2 + n_acct
+  k = k + 1 + n_acct
 end
 if argv[a] ~= nil or keys[k] ~= nil then
   return bad('trailing arguments')
@@ -93,7 +88,6 @@ end
 
 local log_key = keys[1]
 local seq_key = keys[2]
-local request_stream = keys[3]
 
 -- A later command of the batch may have been decided on top of an earlier one's effects. Once a command is
 -- not applied (conflict or duplicate), its accounts are poisoned for the rest of the batch: a later command on
@@ -111,25 +105,18 @@ for c = 1, n_commands do
   k = starts_k[c]
   local n_acct = tonumber(argv[a])
   local outcome_key = keys[k]
-  local reply_key = keys[k + 1]
-  local ack_id = argv[a + 5]
   local status = 'conflict'
-  local last_seq = 0
-  local reply_mode = argv[a + 2]
-  local quiet = quiet_modes[reply_mode]
+  local detail = 0
   local stored = call('GET', outcome_key)
   if stored then
-    for i = k + 2, k + 1 + n_acct do
+    for i = k + 1, k + n_acct do
       known[keys[i]] = false
     end
-    if not quiet then
-      call('RPUSH', reply_key, stored)
-      call('EXPIRE', reply_key, reply_ttl)
-    end
     status = 'dup'
+    detail = stored
   else
-    local p = a + 6
-    for i = k + 2, k + 1 + n_acct do
+    local p = a + 5
+    for i = k + 1, k + n_acct do
       local key = keys[i]
       local current = known[key]
       if current == nil then
@@ -142,7 +129,7 @@ for c = 1, n_commands do
       p = p + 2 + 2 * tonumber(argv[p + 1])
     end
     if status == nil then
-      for i = k + 2, k + 1 + n_acct do
+      for i = k + 1, k + n_acct do
         known[keys[i]] = false
       end
       status = 'conflict'
@@ -151,13 +138,12 @@ for c = 1, n_commands do
       p = starts_e[c]
       for _ = 1, n_events do
         seq = seq + 1
-        last_seq = seq
-        call('XADD', log_key, last_seq .. '-0',
-          'seq', last_seq, 'type', argv[p], 'body', argv[p + 1] .. last_seq .. argv[p + 2])
+        detail = seq
+        call('XADD', log_key, seq .. '-0', 'seq', seq, 'type', argv[p], 'body', argv[p + 1] .. seq .. argv[p + 2])
         p = p + 3
       end
-      p = a + 6
-      for i = k + 2, k + 1 + n_acct do
+      p = a + 5
+      for i = k + 1, k + n_acct do
         local key = keys[i]
         local n_fields = tonumber(argv[p + 1])
         if n_fields == 2 then
@@ -180,15 +166,11 @@ for c = 1, n_commands do
         end
         p = p + 2 + 2 * n_fields
       end
-      local reply = argv[a + 3]
-      if reply_mode == 'seq' or reply_mode == 'seq_quiet' then
-        reply = reply .. last_seq .. argv[a + 4]
+      local outcome = argv[a + 3]
+      if argv[a + 2] == 'seq' then
+        outcome = outcome .. detail .. argv[a + 4]
       end
-      call('SET', outcome_key, reply, 'EX', outcome_ttl)
-      if not quiet then
-        call('RPUSH', reply_key, reply)
-        call('EXPIRE', reply_key, reply_ttl)
-      end
+      call('SET', outcome_key, outcome, 'EX', outcome_ttl)
       if n_events > 0 then
         status = 'ok'
       else
@@ -196,12 +178,8 @@ for c = 1, n_commands do
       end
     end
   end
-  if status ~= 'conflict' and ack_id ~= '' then
-    call('XACK', request_stream, ack_group, ack_id)
-    call('XDEL', request_stream, ack_id)
-  end
   result[r + 1] = status
-  result[r + 2] = last_seq
+  result[r + 2] = detail
   r = r + 2
 end
 if seq ~= first_seq then

@@ -15,7 +15,6 @@ from eventstore.keys import Keys
 _SCRIPT_SOURCE = resources.files("eventstore").joinpath("append.lua").read_text(encoding="utf-8")
 
 DEFAULT_OUTCOME_TTL_S = 30 * 24 * 3600
-DEFAULT_REPLY_TTL_S = 120
 MAX_COMMANDS_PER_APPEND = 512
 
 
@@ -48,21 +47,21 @@ class PreparedEvent:
 class PreparedCommand:
     """Everything the script needs to settle one command.
 
-    With ``reply_suffix`` set, the reply is ``reply_prefix + str(last_seq) + reply_suffix``; otherwise it is
-    ``reply_prefix`` as it is (rejections).
+    The outcome (stored under ``outcome_key`` and sent back as the reply) is
+    ``reply_prefix + str(last_seq) + reply_suffix`` with ``reply_suffix`` set; otherwise ``reply_prefix`` as it is
+    (rejections).
     """
 
     outcome_key: str
-    reply_key: str
     accounts: Sequence[AccountWrite]
     events: Sequence[PreparedEvent]
     reply_prefix: bytes
     reply_suffix: bytes | None = None
-    ack_entry: str = ""  # the request's entry id, acknowledged and deleted by the script once settled
-    push_reply: bool = True  # False: store the outcome only (a batch member; its handler replies for the batch)
 
     def reply_for(self, result: AppendResult) -> bytes:
-        """The reply the script stored for an ``ok`` or ``rejected`` result."""
+        """The reply for ``result``: the outcome the script stored (``ok``, ``rejected``) or had stored (``dup``)."""
+        if result.stored is not None:
+            return result.stored
         if self.reply_suffix is None:
             return self.reply_prefix
         return self.reply_prefix + str(result.last_seq).encode() + self.reply_suffix
@@ -72,6 +71,7 @@ class PreparedCommand:
 class AppendResult:
     status: AppendStatus
     last_seq: int
+    stored: bytes | None = None  # for DUPLICATE: the outcome of the first delivery
 
 
 class AppendError(RuntimeError):
@@ -87,16 +87,12 @@ class Appender:
         *,
         keys: Keys,
         outcome_ttl_s: int = DEFAULT_OUTCOME_TTL_S,
-        reply_ttl_s: int = DEFAULT_REPLY_TTL_S,
-        ack_group: str = "",
     ) -> None:
         self.client = client
         self._script = client.register_script(_SCRIPT_SOURCE)
         self._direct = DirectConnection(client)  # for send()
         self._keys = keys
         self._outcome_ttl_s = outcome_ttl_s
-        self._reply_ttl_s = reply_ttl_s
-        self._ack_group = ack_group
 
     def append(self, commands: Sequence[PreparedCommand]) -> list[AppendResult]:
         if not commands:
@@ -118,16 +114,12 @@ class Appender:
 
     def encode(self, commands: Sequence[PreparedCommand]) -> tuple[list[str], list[str | bytes | int]]:
         """The script's KEYS and ARGV for a batch (see append.lua for the layout)."""
-        script_keys: list[str] = [self._keys.events, self._keys.seq, self._keys.commands]
-        args: list[str | bytes | int] = [self._outcome_ttl_s, self._reply_ttl_s, len(commands), self._ack_group]
+        script_keys: list[str] = [self._keys.events, self._keys.seq]
+        args: list[str | bytes | int] = [self._outcome_ttl_s, len(commands)]
         for command in commands:
             script_keys.append(command.outcome_key)
-            script_keys.append(command.reply_key)
-            mode = "plain" if command.reply_suffix is None else "seq"
-            if not command.push_reply:
-                mode += "_quiet"
-            args += [len(command.accounts), len(command.events), mode, command.reply_prefix,
-                     command.reply_suffix or b"", command.ack_entry]
+            args += [len(command.accounts), len(command.events), "plain" if command.reply_suffix is None else "seq",
+                     command.reply_prefix, command.reply_suffix or b""]
             for account in command.accounts:
                 script_keys.append(account.key)
                 args.append(account.expected_version)
@@ -150,11 +142,16 @@ class Appender:
 
 
 def parse_results(raw: list[bytes | str | int]) -> list[AppendResult]:
-    """The script's flat ``{status, seq, ...}`` reply as results, in command order."""
+    """The script's flat ``{status, seq or stored outcome, ...}`` reply as results, in command order."""
     results = []
     for i in range(0, len(raw), 2):
-        status = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
-        results.append(AppendResult(AppendStatus(status), int(raw[i + 1])))
+        status = AppendStatus(raw[i].decode() if isinstance(raw[i], bytes) else raw[i])
+        detail = raw[i + 1]
+        if status is AppendStatus.DUPLICATE:
+            stored = detail if isinstance(detail, bytes) else str(detail).encode()
+            results.append(AppendResult(status, 0, stored))
+        else:
+            results.append(AppendResult(status, int(detail)))
     return results
 
 

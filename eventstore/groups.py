@@ -57,6 +57,10 @@ class ConsumerGroup:
             command += ["BLOCK", block_ms]
         return single_stream_entries(self._direct.call(*command, "STREAMS", self.stream, ">"))
 
+    def wait_durable(self) -> None:
+        """See :meth:`eventstore.direct.DirectConnection.wait_durable`."""
+        self._direct.wait_durable()
+
     def read_own_pending(self, *, count: int) -> list[Entry]:
         """Entries delivered to this consumer name but never acknowledged (a restart after a crash)."""
         response = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
@@ -93,9 +97,14 @@ class ConsumerGroup:
         self._direct.execute(commands)
 
     def dead_letter(
-        self, dead_stream: str, entry_id: str, fields: Mapping[bytes, bytes], reason: str, *, delete: bool = False
+        self, dead_stream: str, entry_id: str, fields: Mapping[bytes, bytes], reason: str, *, delete: bool = False,
+        store: redis.Redis | None = None,
     ) -> None:
-        """Park an entry with the reason, then acknowledge it: one poison message never stops a worker."""
+        """Park an entry with the reason, then acknowledge it: one poison message never stops a worker.
+
+        ``store`` keeps the dead letter on another (durable) Redis than the group's: it is written there first,
+        so a crash in between parks the entry twice rather than never.
+        """
         record: dict[str | bytes, bytes | str] = {
             "reason": reason[:1000],
             "origin_stream": self.stream,
@@ -107,7 +116,10 @@ class ConsumerGroup:
                 continue
             record[b"f:" + name] = value[:MAX_DEAD_LETTER_FIELD]
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(dead_stream, record, maxlen=100_000, approximate=True)
+        if store is None or store is self.client:
+            pipe.xadd(dead_stream, record, maxlen=100_000, approximate=True)
+        else:
+            store.xadd(dead_stream, record, maxlen=100_000, approximate=True)
         pipe.xack(self.stream, self.group, entry_id)
         if delete:
             pipe.xdel(self.stream, entry_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.envelope import utc_timestamp
 from eventstore.keys import KEYS, Keys
 from eventstore.log import LogFollower
@@ -119,7 +119,8 @@ class Sealer:
             self.seal()
 
 
-def main(*, redis_url: str, data_dir: Path, name: str = "sealer", keys: Keys = KEYS, **_options: object) -> int:
+def main(*, redis_url: str, bus_url: str | None = None, data_dir: Path, name: str = "sealer", keys: Keys = KEYS,
+         **_options: object) -> int:
     configure_logging()
     yield_cpu_to_commands()  # seals may lag a second behind the log; commands may not
     key_path = Path(data_dir) / "signing.key"
@@ -130,7 +131,8 @@ def main(*, redis_url: str, data_dir: Path, name: str = "sealer", keys: Keys = K
         return 1
     client = connect(redis_url)
     sealer = Sealer(client, keys=keys, private_key=private_key, block_ms=min(500, MAX_BLOCK_MS))
-    runner = WorkerRunner(sealer, client=client, keys=keys, name=name,
+    bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
+    runner = WorkerRunner(sealer, client=bus, keys=keys, name=name,
                           extra_status=lambda: {"sealed_seq": sealer.sealed_seq})
     runner.install_signal_handlers()
     code = runner.run()

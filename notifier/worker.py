@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import redis
 
-from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.groups import ConsumerGroup, Entry
 from eventstore.keys import KEYS, Keys
 from eventstore.log import last_seq
@@ -151,7 +151,10 @@ class Notifier:
         if len(self._jobs) >= self.max_waiting:
             return []
         block = self.block_ms if not self._has_due(now) else None
-        return self.group.read_new(count=self.read_count, block_ms=block)
+        entries = self.group.read_new(count=self.read_count, block_ms=block)
+        if entries:
+            self.group.wait_durable()  # an SMS cannot be taken back: never send one for an event a crash can undo
+        return entries
 
     def _has_due(self, now: float) -> bool:
         return any(job.due <= now for job in self._jobs.values())
@@ -310,7 +313,7 @@ class Notifier:
 
 
 def main(
-    *, redis_url: str, data_dir: Path, name: str, burst: bool = False, keys: Keys = KEYS,
+    *, redis_url: str, bus_url: str | None = None, data_dir: Path, name: str, burst: bool = False, keys: Keys = KEYS,
     environ: Mapping[str, str] | None = None, **_options: object,
 ) -> int:
     """Run one notifier until stopped; returns the exit code (0 clean stop, 2 bad configuration, 4 auth)."""
@@ -331,7 +334,8 @@ def main(
     vault = PersonalDataVault(client, keys=keys, master_key=master_key)
     worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name)
     log.info("%s: notifier starting (sender %s, group %s)", name, sender.kind, GROUP)
-    runner = WorkerRunner(worker, client=client, keys=keys, name=name, burst=burst, extra_status=worker.status)
+    bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
+    runner = WorkerRunner(worker, client=bus, keys=keys, name=name, burst=burst, extra_status=worker.status)
     runner.install_signal_handlers()
     try:
         return runner.run()
@@ -343,6 +347,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m notifier.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default=os.environ.get("BANKCTL_REDIS_URL"),
                         help="Redis URL [env BANKCTL_REDIS_URL]")
+    parser.add_argument("--bus-url", default=os.environ.get("BANKCTL_BUS_URL"),
+                        help="Redis URL of the request bus, for heartbeats [env BANKCTL_BUS_URL; default: --redis-url]")
     parser.add_argument("--data-dir", default=os.environ.get("BANKCTL_DATA_DIR", "./var"),
                         help="data directory with master.key and the outbox [env BANKCTL_DATA_DIR]")
     parser.add_argument("--name", default=f"notifier-{socket.gethostname()}",
@@ -351,7 +357,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.redis_url:
         parser.error("--redis-url or BANKCTL_REDIS_URL is required")
-    return main(redis_url=args.redis_url, data_dir=Path(args.data_dir), name=args.name, burst=args.burst)
+    return main(redis_url=args.redis_url, bus_url=args.bus_url, data_dir=Path(args.data_dir), name=args.name,
+                burst=args.burst)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from eventstore.connection import MAX_BLOCK_MS, connect
+from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.keys import KEYS, Keys
 from eventstore.log import LogFollower
 from eventstore.pii import PersonalDataVault, load_master_key
@@ -126,6 +126,7 @@ def resolve_db_path(data_dir: Path, db_path: str | Path | None) -> Path:
 def main(
     *,
     redis_url: str,
+    bus_url: str | None = None,
     data_dir: Path,
     name: str = "projector-1",
     db_path: str | Path | None = None,
@@ -144,18 +145,20 @@ def main(
         log.error("cannot load the master key: %s", error)
         return 1
     client = connect(redis_url)
+    bus = connect_bus(bus_url, log_url=redis_url, log_client=client)
     db = ProjectionDatabase(path)
     projector = Projector(client, keys=keys, db=db,
                           vault=PersonalDataVault(client, keys=keys, master_key=master_key),
                           block_ms=min(LIVE_BLOCK_MS, MAX_BLOCK_MS))
     thread: QueryThread | None = None
     if serve_queries:
-        server = QueryServer(connect(redis_url), keys=keys, db=db, consumer=name, ready=projector.is_live,
-                             master_key=master_key,
+        # the query thread has connections of its own
+        server = QueryServer(connect(redis_url), bus=connect(bus_url or redis_url), keys=keys, db=db,
+                             consumer=name, ready=projector.is_live, master_key=master_key,
                              changed=projector.changed)
         thread = QueryThread(server, name=f"{name}-queries")
         thread.start()
-    runner = WorkerRunner(projector, client=client, keys=keys, name=name,
+    runner = WorkerRunner(projector, client=bus, keys=keys, name=name,
                           extra_status=lambda: {"checkpoint": projector.checkpoint, "db": str(path),
                                                 "live": int(projector.live)})
     runner.install_signal_handlers()

@@ -185,6 +185,7 @@ class QueryServer:
         self,
         client: redis.Redis,
         *,
+        bus: redis.Redis | None = None,
         keys: Keys,
         db: ProjectionDatabase,
         consumer: str,
@@ -195,7 +196,8 @@ class QueryServer:
         wait_s: float = MIN_SEQ_WAIT_S,
         block_ms: int = BLOCK_MS,
     ) -> None:
-        self.client = client
+        self.client = client  # sessions (the durable store)
+        self.bus = client if bus is None else bus  # queries in, replies out
         self.keys = keys
         self.db = db
         self.ready = ready
@@ -203,9 +205,11 @@ class QueryServer:
         self.claim_idle_ms = claim_idle_ms
         self.wait_s = wait_s
         self.block_ms = block_ms
-        self.group = ConsumerGroup(client, stream=keys.queries, group=GROUP, consumer=consumer)
+        self.group = ConsumerGroup(self.bus, stream=keys.queries, group=GROUP, consumer=consumer)
         self.sessions = SessionStore(client, keys=keys, master_key=master_key)
-        self.direct = DirectConnection(client)  # sessions and replies: no client layers (see eventstore.direct)
+        # sessions, and replies: no client layers (see eventstore.direct)
+        self.direct = DirectConnection(client)
+        self.bus_direct = self.direct if self.bus is client else DirectConnection(self.bus)
         self.counters: dict[str, int] = {"answered": 0, "claimed": 0, "failed": 0}
         self._ensured = False
         self._own_pending_done = False
@@ -218,6 +222,19 @@ class QueryServer:
         if not self.ready():
             time.sleep(self.block_ms / 1000)
             return 0
+        try:
+            entries = self._read()
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            log.warning("the readers group vanished (a restarted bus?); creating it again")
+            self._ensured = False
+            return 0
+        if not entries:
+            return 0
+        return self.handle(entries)
+
+    def _read(self) -> list[tuple[str, dict[bytes, bytes]]]:
         entries: list[tuple[str, dict[bytes, bytes]]] = []
         if not self._own_pending_done:
             entries = self.group.read_own_pending(count=READ_COUNT)
@@ -230,9 +247,7 @@ class QueryServer:
             self.counters["claimed"] += len(entries)
         if not entries:
             entries = self.group.read_new(count=READ_COUNT, block_ms=self.block_ms)
-        if not entries:
-            return 0
-        return self.handle(entries)
+        return entries
 
     def handle(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> int:
         queries: list[Query] = []
@@ -261,9 +276,9 @@ class QueryServer:
     def _reply_and_ack(self, answered: list[Query], replies: Mapping[str, dict[str, Any]], dropped: list[str]) -> None:
         """Replies, then XACK + XDEL of those and of the dropped entries, in ONE round trip.
 
-        With ``appendfsync always`` every write command costs Redis an AOF fsync before it answers anyone, so the
-        former three round trips (drop, reply, ack) put up to three fsyncs on each batch's path before the next
-        read. A pipeline runs in order: a reply is still pushed before its entry is acknowledged.
+        On a bus that shares the log's Redis (``appendfsync always``) every write command costs an AOF fsync
+        before Redis answers anyone, so one round trip instead of three (drop, reply, ack) keeps the fsyncs on a
+        batch's path to one. A pipeline runs in order: a reply is still pushed before its entry is acknowledged.
         """
         done = dropped + [q.entry_id for q in answered]
         if not done:
@@ -275,7 +290,7 @@ class QueryServer:
             commands.append(("EXPIRE", reply_key, REPLY_TTL_S))
         commands.append(("XACK", self.keys.queries, GROUP, *done))
         commands.append(("XDEL", self.keys.queries, *done))
-        self.direct.execute(commands)
+        self.bus_direct.execute(commands)
 
     def _answer(self, waiting: list[tuple[Query, int | None]], replies: dict[str, dict[str, Any]]) -> None:
         """Answer every query whose ``min_seq`` is reached; wait (bounded) for the others."""
@@ -317,7 +332,7 @@ class QueryServer:
                 return
             if now - last_touch >= CLAIM_IDLE_MS / 3000:
                 # Reset the idle time so the other projector does not take over what this one is waiting on.
-                self.client.xclaim(self.keys.queries, GROUP, self.group.consumer, 0,
+                self.bus.xclaim(self.keys.queries, GROUP, self.group.consumer, 0,
                                    [q.entry_id for q, _a in waiting], justid=True)
                 last_touch = now
             with self.changed:

@@ -52,10 +52,11 @@ def admin_session(client: redis.Redis, keys: Keys) -> str:
     return session_for(client, keys, 0, "admin")
 
 
-def make_handler(client: redis.Redis, keys: Keys, name: str = "handler-1", **config: Any) -> CommandHandler:
+def make_handler(client: redis.Redis, keys: Keys, name: str = "handler-1", *, bus: redis.Redis | None = None,
+                 **config: Any) -> CommandHandler:
     vault = PersonalDataVault(client, keys=keys, master_key=TEST_MASTER_KEY)
-    publish_public_key(client, keys, TEST_TRANSPORT_KEY)
-    return CommandHandler(client, keys=keys, vault=vault, name=name, server_id="test-server",
+    publish_public_key(bus or client, keys, TEST_TRANSPORT_KEY)
+    return CommandHandler(client, bus=bus, keys=keys, vault=vault, name=name, server_id="test-server",
                           config=HandlerConfig(**config), transport_key=TEST_TRANSPORT_KEY)
 
 
@@ -148,13 +149,15 @@ def vault_for(client: redis.Redis, keys: Keys, data_dir: Path) -> PersonalDataVa
 
 
 def start_worker(redis_url: str, data_dir: Path, kind: str, name: str, *extra: str,
-                 log_path: Path | None = None) -> subprocess.Popen[bytes]:
+                 log_path: Path | None = None, bus_url: str | None = None) -> subprocess.Popen[bytes]:
     """``bankctl worker <kind> --name <name>`` as a child process (its own process group)."""
     env = {**os.environ, "BANKCTL_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
     env.pop("BANKCTL_REDIS_URL", None)
+    env.pop("BANKCTL_BUS_URL", None)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    bus = ["--bus-url", bus_url] if bus_url else []
     return subprocess.Popen(
-        [sys.executable, "-m", "bankctl.cli", "--data-dir", str(data_dir), "--redis-url", redis_url,
+        [sys.executable, "-m", "bankctl.cli", "--data-dir", str(data_dir), "--redis-url", redis_url, *bus,
          "worker", kind, "--name", name, *extra],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
     )

@@ -72,7 +72,7 @@ class EventFactory:
 
     def _prepare(self, decision: Decision, before: dict[int, AccountState], actor: Principal) -> PreparedCommand:
         command_id = uuid.uuid4().hex
-        origin = Origin(command_id, "t-" + command_id, actor.name, utc_timestamp(datetime.now(UTC)))
+        origin = Origin(command_id, actor.name, utc_timestamp(datetime.now(UTC)))
         return prepare_decision(decision, before, origin, keys=self.keys, vault=self.vault)
 
     def run(self, commands: Sequence[Command], actor: Principal = ADMIN) -> list[int]:
@@ -119,7 +119,7 @@ class EventFactory:
                                  command_id="init", correlation_id="init", causation_id="init", actor="system:init",
                                  occurred_at=utc_timestamp(datetime.now(UTC)), data=data)
             events.append(PreparedEvent(event_type, *split_body_around_seq(body)))
-        command = PreparedCommand(self.keys.command_outcome("init"), self.keys.reply("init"),
+        command = PreparedCommand(self.keys.command_outcome("init"),
                                   [AccountWrite(self.keys.account(0), 0, state.to_fields())], events,
                                   b'{"ok":true,"seq":', b"}")
         [result] = self.appender.append([command])

@@ -91,7 +91,7 @@ class FakeBank:
 
     def _submit(self, drafts: tuple[EventDraft, ...], new_states: dict[int, AccountState], actor: Principal) -> None:
         command_id = uuid.uuid4().hex
-        origin = Origin(command_id, command_id, actor.name, utc_timestamp(datetime.now(UTC)))
+        origin = Origin(command_id, actor.name, utc_timestamp(datetime.now(UTC)))
         before = {a: self.state(a) for a in new_states}
         prepared = prepare_decision(Decision(drafts, new_states), before, origin, keys=self.keys, vault=self.vault)
         for draft, event in zip(drafts, prepared.events, strict=True):

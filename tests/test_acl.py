@@ -58,7 +58,7 @@ def _deposit_command(keys: Keys, command_id: str) -> PreparedCommand:
                          actor="customer:1", occurred_at="2026-11-24T00:00:00.000000Z",
                          data={"account": 1, "amount": 5})
     prefix, suffix = split_body_around_seq(body)
-    return PreparedCommand(keys.command_outcome(command_id), keys.reply("r-" + command_id),
+    return PreparedCommand(keys.command_outcome(command_id),
                            [AccountWrite(keys.account(1), 0, {"version": 1, "balance": 5})],
                            [PreparedEvent("MoneyDeposited", prefix, suffix)], b'{"ok":true,"seq":', b"}")
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from bankctl.acl import acl_file_path, credentials
-from bankctl.embedded_redis import start_redis
+from bankctl.embedded_redis import start_bus, start_redis
 from bankctl.profile import load_session
 from commands.handler import CommandHandler, build_handler
 from eventstore.keys import Keys
@@ -59,6 +59,8 @@ def test_init_login_whoami_change_logout(bank_dir):
     keys = Keys()
     handle = start_redis(bank_dir / "redis", acl_file=acl_file_path(bank_dir),
                          wait_password=credentials(bank_dir, "admin"))
+    bus_handle = start_bus(bank_dir / "bus", acl_file=acl_file_path(bank_dir),
+                           wait_password=credentials(bank_dir, "admin"))
     stop = threading.Event()
     worker = None
     try:
@@ -67,7 +69,8 @@ def test_init_login_whoami_change_logout(bank_dir):
         events = read_range(client, keys, 1)
         assert [e.type for e in events] == ["AccountOpened", "CredentialsRegistered"]
         assert ADMIN_PW.encode() not in b"".join(e.body for e in events)
-        handler = build_handler(client, data_dir=bank_dir, name="handler-test")
+        bus = bus_handle.client(username=user, password=password, socket_timeout=10)
+        handler = build_handler(client, data_dir=bank_dir, name="handler-test", bus=bus)
         sessions = handler.sessions
         worker = threading.Thread(target=_serve, args=(handler, stop), daemon=True)
         worker.start()
@@ -110,6 +113,7 @@ def test_init_login_whoami_change_logout(bank_dir):
         if worker is not None:
             worker.join(5)
         handle.stop()
+        bus_handle.stop()
 
 
 def test_init_refuses_short_or_empty_admin_password(bank_dir):

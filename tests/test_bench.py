@@ -38,7 +38,8 @@ def test_report_has_every_figure(report):
     assert full["audit"]["events"] >= TINY.fill_events and full["audit"]["findings"] == []
     assert full["redis_bytes_per_event"] > 0
     names = {row["process"] for row in full["resident_memory"]}
-    assert names == {"redis-server", "handler-1", "handler-2", "projector-1", "projector-2", "notifier", "sealer"}
+    assert names == {"redis-server", "bus redis-server", "handler-1", "handler-2", "projector-1", "projector-2",
+                     "notifier", "sealer"}
     assert all(row["rss_mib"] > 0 for row in full["resident_memory"])
     split = write["handler_split"]
     assert [r["handler"] for r in split] == ["handler-1", "handler-2"]

@@ -34,10 +34,10 @@ def test_plan_is_a_pure_function_of_the_seed_and_always_restarts(seed: int, dura
     down: set[str] = set()
     for action in actions:
         assert 0 < action.at <= duration
-        if action.verb in ("kill", "kill_redis"):
+        if action.verb in ("kill", "kill_redis", "kill_bus"):
             assert action.target not in down, "a process that is down is not killed again"
             down.add(action.target)
-        elif action.verb in ("start", "start_redis"):
+        elif action.verb in ("start", "start_redis", "start_bus"):
             assert action.target in down
             down.discard(action.target)
         else:
@@ -49,7 +49,7 @@ def test_plan_is_a_pure_function_of_the_seed_and_always_restarts(seed: int, dura
 def test_plan_covers_every_kind_of_fault_and_seeds_differ() -> None:
     actions = plan(3, duration_s=45, mean_gap_s=2.5)
     targets = {a.target for a in actions}
-    assert "redis" in targets and "notifier" in targets and "sealer" in targets
+    assert "redis" in targets and "bus" in targets and "notifier" in targets and "sealer" in targets
     assert targets & {"handler-1", "handler-2"} and targets & {"projector-1", "projector-2"}
     assert targets & set(DATABASES)
     assert plan(4, duration_s=45, mean_gap_s=2.5) != actions

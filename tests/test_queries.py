@@ -146,3 +146,10 @@ def test_read_your_writes_1000_times_through_the_query_server(real_redis, keys, 
         queries.stop()
         worker.join(timeout=5)
         db.close()
+
+
+def test_queries_are_served_again_once_a_restarted_bus_forgot_the_group(bank):
+    assert bank.ask("balance", session=bank.customer)["ok"]
+    bank.client.delete(bank.keys.queries)  # the bus persists nothing: after a restart, no stream and no group
+    replies = [bank.ask("balance", session=bank.customer) for _ in range(3)]
+    assert replies[-1] is not None and replies[-1]["ok"], replies
