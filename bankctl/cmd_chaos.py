@@ -50,7 +50,8 @@ def register(cli: click.Group) -> None:
     @click.option("--keep", is_flag=True, help="Keep the directory of a failing run (logs, AOF, databases).")
     @json_option
     def chaos_command(profile_name: str, seed: int | None, runs: int | None, keep: bool, as_json: bool) -> None:
-        """Kill and restart handlers, projectors, the notifier, the sealer and Redis under load; check invariants."""
+        """Kill and restart handlers, projectors, the notifier, the sealer, Redis and the request bus under load;
+        check invariants."""
         from bankctl.chaos import PROFILES, run_profile
 
         profile = PROFILES[profile_name]

@@ -86,19 +86,6 @@ class DirectConnection:
         if self._connection is not None:
             self._connection.disconnect()
 
-    def wait_durable(self) -> None:
-        """Return once everything Redis executed before this call is on disk (``appendfsync always``).
-
-        Why: Redis can hand a reader entries it has not fsynced yet. A reply still pending on a client's write
-        handler goes out while the event loop runs, before the fsync of commands executed meanwhile, and a
-        blocked XREAD is answered that way. After a crash the entries are gone and the handler appends different
-        events at the same seqs: a projector, the notifier or the sealer that acted on the lost ones disagrees
-        with the log for good (the chaos suite found this as "event altered compared with the seal"). The reply
-        to a command sent after the read leaves Redis only after the fsync that covers what was read, so one
-        PING round trip (no write, no fsync of its own) is the barrier.
-        """
-        self.call("PING")
-
     def release(self) -> None:
         """Give the connection back to the client's pool (a later call checks one out again)."""
         if self._unread:

@@ -57,10 +57,6 @@ class ConsumerGroup:
             command += ["BLOCK", block_ms]
         return single_stream_entries(self._direct.call(*command, "STREAMS", self.stream, ">"))
 
-    def wait_durable(self) -> None:
-        """See :meth:`eventstore.direct.DirectConnection.wait_durable`."""
-        self._direct.wait_durable()
-
     def read_own_pending(self, *, count: int) -> list[Entry]:
         """Entries delivered to this consumer name but never acknowledged (a restart after a crash)."""
         response = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
