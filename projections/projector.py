@@ -20,13 +20,13 @@ import redis
 
 from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.keys import KEYS, Keys
-from eventstore.log import LogFollower
+from eventstore.log import LogFollower, read_range
 from eventstore.pii import PersonalDataVault, load_master_key
 from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
 from projections.apply import ApplyError, Opener
 from projections.database import ProjectionDatabase
-from projections.schema import read_checkpoint
-from projections.store import write_batch
+from projections.schema import read_checkpoint, read_checkpoint_digest
+from projections.store import body_digest, write_batch
 
 log = logging.getLogger("bank.projector")
 
@@ -61,6 +61,7 @@ class Projector:
         self.live = False
         self.changed = threading.Condition()
         self._generation = -1
+        self._check_log = True  # at start, after a reopened file and after losing Redis: see _check_log_holds
 
     @property
     def open_pii(self) -> Opener:
@@ -76,11 +77,37 @@ class Projector:
             self.checkpoint = read_checkpoint(self.db.writer)
             self.live = False
             self.counters["reopened"] += 1
+            self._check_log = True
+
+    def _check_log_holds(self) -> None:
+        """Stop if the log no longer holds, at the checkpoint, the event this database applied there.
+
+        Why: following the head assumes the log only grows. A Redis that lost acknowledged writes (a failover to
+        a replica that lagged, a restored backup) would have the handlers append different events at the same
+        seqs, and this database would silently disagree with the log forever. Checked when following starts
+        and after every lost connection; a rebuild (``bankctl projections rebuild``) is the way back.
+        """
+        self._check_log = False
+        expected = read_checkpoint_digest(self.db.writer)
+        if self.checkpoint == 0 or not expected:
+            return
+        found = read_range(self.client, self.keys, self.checkpoint, self.checkpoint, count=1)
+        if not found or body_digest(found[0].body) != expected:
+            what = "no longer holds" if not found else "holds a different event at"
+            raise FatalWorkerError(
+                f"{self.db.path}: the log {what} seq {self.checkpoint}, which this database applied (was the log "
+                "rolled back?); rebuild it with 'bankctl projections rebuild'")
 
     def poll_once(self) -> int:
         self._sync_with_file()
         block = self.block_ms if self.live else None
-        events = self.follower.read_after(self.checkpoint, count=self.batch, block_ms=block)
+        try:
+            if self._check_log:
+                self._check_log_holds()
+            events = self.follower.read_after(self.checkpoint, count=self.batch, block_ms=block)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._check_log = True  # Redis may come back with less than it had
+            raise
         if not events:
             self.live = True
             return 0

@@ -115,8 +115,10 @@ def read_checkpoint(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def write_checkpoint(conn: sqlite3.Connection, seq: int) -> None:
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'", (str(seq),))
+def read_checkpoint_digest(conn: sqlite3.Connection) -> str | None:
+    """SHA-256 (hex) of the body of the event at the checkpoint; ``None`` before the first event."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'checkpoint_digest'").fetchone()
+    return row[0] if row else None
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

@@ -8,6 +8,7 @@ diff``): a private file, loaded in one transaction with the account rows kept in
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -127,13 +128,19 @@ def write_batch(
             conn.executemany(_INSERT_TRANSACTION, changes.transactions)
         last_seq, last_body = decoded[-1] if decoded else (checkpoint, None)
         conn.executemany(_SET_META, [("checkpoint", str(last_seq))]
-                         + ([("checkpoint_at", last_body["occurred_at"])] if last_body else []))
+                         + ([("checkpoint_at", last_body["occurred_at"]),
+                             ("checkpoint_digest", body_digest(events[-1].body))] if last_body else []))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return BatchResult(checkpoint=last_seq, applied=len(decoded), erased=tuple(changes.erased))
+
+
+def body_digest(body: bytes) -> str:
+    """What a database keeps of the event at its checkpoint, to notice a log that no longer holds it."""
+    return hashlib.sha256(body).hexdigest()
 
 
 def _nothing(_account_id: int) -> None:
@@ -163,6 +170,7 @@ class BulkLoad:
         empty = conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchone() is None
         self._changes = RowChanges(_nothing if empty else account_loader(conn))  # a rebuild from seq 1 reads nothing
         self._last_at: str | None = None
+        self._last_digest = ""
         self.checkpoint = checkpoint
 
     def apply(self, events: Sequence[StoredEvent]) -> tuple[int, ...]:
@@ -184,6 +192,7 @@ class BulkLoad:
         erased = tuple(changes.erased)
         changes.erased.clear()
         self.checkpoint, self._last_at = decoded[-1][0], decoded[-1][1]["occurred_at"]
+        self._last_digest = body_digest(events[-1].body)
         if len(changes.accounts) > BULK_ROWS_IN_MEMORY:
             self._write_accounts()
         return erased
@@ -199,7 +208,8 @@ class BulkLoad:
         self._write_accounts()
         if self._last_at is not None:
             self._conn.executemany(_SET_META, [("checkpoint", str(self.checkpoint)),
-                                               ("checkpoint_at", self._last_at)])
+                                               ("checkpoint_at", self._last_at),
+                                               ("checkpoint_digest", self._last_digest)])
         self._conn.execute("COMMIT")
         return self.checkpoint
 

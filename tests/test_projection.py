@@ -231,3 +231,33 @@ def test_a_bulk_load_refuses_a_database_at_another_checkpoint(fake_redis, keys, 
     with pytest.raises(ApplyError, match="expected checkpoint 1"):
         catch_up(conn, fake_redis, keys, factory.vault, checkpoint=1)
     assert read_checkpoint(conn) == 2
+
+
+def _roll_back_and_rewrite(client, keys, keep: int) -> None:
+    """The log loses everything after ``keep`` (a failover to a lagging replica) and the entry after it is
+    appended again with other contents, as a handler re-deciding a lost command would."""
+    entries = client.xrange(keys.events)
+    client.delete(keys.events)
+    for entry_id, fields in entries[:keep]:
+        client.xadd(keys.events, fields, id=entry_id)
+    entry_id, fields = entries[keep]
+    client.xadd(keys.events, {**fields, b"body": fields[b"body"].replace(b'"occurred_at":"', b'"occurred_at":"0')},
+                id=entry_id)
+
+
+@pytest.mark.parametrize("rewrite", [True, False])
+def test_a_projector_stops_when_the_log_lost_what_its_database_applied(fake_redis, keys, tmp_path, rewrite):
+    factory = EventFactory(fake_redis, keys)
+    factory.open_admin()
+    [account] = factory.open_accounts(1)
+    factory.deposit(account, 500)
+    path = tmp_path / "database1.db"
+    _project(fake_redis, keys, factory.vault, path)
+    head = factory.last_seq
+    assert _project(fake_redis, keys, factory.vault, path).checkpoint == head, "a restart on an intact log goes on"
+    if rewrite:
+        _roll_back_and_rewrite(fake_redis, keys, head - 1)
+    else:
+        fake_redis.xdel(keys.events, f"{head}-0")  # the tail is gone, nothing re-appended yet
+    with pytest.raises(FatalWorkerError, match=f"seq {head}, which this database applied"):
+        _project(fake_redis, keys, factory.vault, path)
