@@ -273,24 +273,25 @@ class Supervisor:
     def _on_signal(self, _signum: int, _frame: object) -> None:
         self._stopping = True
 
+    def _restarted(self, server: RedisProcess | None, message: str) -> RedisProcess | None:
+        """A new server on the same directory for one that exited (the log's from its AOF, the bus empty)."""
+        if server is None or server.process is None or server.process.poll() is None:
+            return server
+        self.say(message)
+        from bankctl.embedded_redis import restart
+
+        acl_file, admin = _acl_file(self.settings)
+        return restart(server, wait_password=admin) if acl_file else restart(server)
+
     def _restart_dead(self) -> None:
-        if self.redis is not None and self.redis.process is not None and self.redis.process.poll() is not None:
-            self.say("redis-server exited; restarting it from its AOF")
-            from bankctl.embedded_redis import restart
-
-            acl_file, admin = _acl_file(self.settings)
-            self.redis = restart(self.redis, wait_password=admin) if acl_file else restart(self.redis)
+        log_server = self._restarted(self.redis, "redis-server exited; restarting it from its AOF")
+        bus = self._restarted(self.bus, "the request bus exited; restarting it empty (clients resend what was "
+                                        "in flight)")
+        if log_server is not self.redis or bus is not self.bus:
+            self.redis, self.bus = log_server, bus
             assert self.state is not None
-            self.state.redis_pid = self.redis.pid
-            write_state(self.settings, self.state)
-        if self.bus is not None and self.bus.process is not None and self.bus.process.poll() is not None:
-            self.say("the request bus exited; restarting it empty (clients resend what was in flight)")
-            from bankctl.embedded_redis import restart
-
-            acl_file, admin = _acl_file(self.settings)
-            self.bus = restart(self.bus, wait_password=admin) if acl_file else restart(self.bus)
-            assert self.state is not None
-            self.state.bus_pid = self.bus.pid
+            self.state.redis_pid = log_server.pid if log_server else None
+            self.state.bus_pid = bus.pid if bus else None
             write_state(self.settings, self.state)
         now = time.monotonic()
         for spec in self.specs:

@@ -207,8 +207,7 @@ class QueryServer:
         self.block_ms = block_ms
         self.group = ConsumerGroup(self.bus, stream=keys.queries, group=GROUP, consumer=consumer)
         self.sessions = SessionStore(client, keys=keys, master_key=master_key)
-        # sessions, and replies: no client layers (see eventstore.direct)
-        self.direct = DirectConnection(client)
+        self.direct = DirectConnection(client)  # sessions, and replies: no client layers (see eventstore.direct)
         self.bus_direct = self.direct if self.bus is client else DirectConnection(self.bus)
         self.counters: dict[str, int] = {"answered": 0, "claimed": 0, "failed": 0}
         self._ensured = False

@@ -7,6 +7,7 @@ Other engineers' tests may import these; they depend only on the public contract
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -257,6 +258,17 @@ class LoadDriver:
         missing = [r.command_id for r in requests if r.command_id not in self.replies]
         assert not missing, f"{len(missing)} commands never got a reply (e.g. {missing[:3]})"
         return {command_id: replies[0] for command_id, replies in self.replies.items()}
+
+
+def random_transfers(accounts: list[int], sessions: dict[int, str], count: int, *, seed: int) -> list[Request]:
+    """``count`` transfers between random pairs of ``accounts``, each by its source's customer."""
+    rng = random.Random(seed)  # noqa: S311 - a workload, not security
+    requests = []
+    for _ in range(count):
+        source, target = rng.sample(accounts, 2)
+        requests.append(Request("Transfer", {"account": source, "to": target, "amount": rng.randint(1, 900)},
+                                sessions[source]))
+    return requests
 
 
 def check_exactly_once(client: redis.Redis, keys: Keys, replies: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,13 +7,10 @@ and get the first outcome, so nothing is lost and nothing is applied twice.
 
 from __future__ import annotations
 
-import random
-
 import fakeredis
 import pytest
 
 from bankctl.embedded_redis import restart, start_bus
-from commands.client import Request
 from tests.helpers_bank import (
     LoadDriver,
     check_exactly_once,
@@ -23,6 +20,7 @@ from tests.helpers_bank import (
     make_handler,
     open_accounts,
     open_payload,
+    random_transfers,
     session_for,
     start_worker,
     stop_process,
@@ -73,13 +71,8 @@ def test_a_lost_bus_loses_no_command_and_applies_none_twice(private_redis, keys,
                              log_path=tmp_path / f"handler-{i}.log") for i in (1, 2)]
     try:
         wait_for_heartbeat(bus, keys, ["handler-1", "handler-2"])
-        rng = random.Random(7)
         sessions = {a: session_for(client, keys, a) for a in accounts}
-        requests = []
-        for _ in range(3_000):
-            source, target = rng.sample(accounts, 2)
-            requests.append(Request("Transfer", {"account": source, "to": target, "amount": rng.randint(1, 900)},
-                                    sessions[source]))
+        requests = random_transfers(accounts, sessions, 3_000, seed=7)
 
         def lose_the_bus(driver):
             if len(servers) > 1 or len(driver.replies) < 1_000:

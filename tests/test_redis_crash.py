@@ -6,12 +6,9 @@ reconnect by themselves and the clients' resends (same command id) settle what w
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from bankctl.embedded_redis import restart
-from commands.client import Request
 from tests.helpers_bank import (
     LoadDriver,
     check_exactly_once,
@@ -19,6 +16,7 @@ from tests.helpers_bank import (
     make_data_dir,
     make_handler,
     open_accounts,
+    random_transfers,
     session_for,
     start_worker,
     stop_process,
@@ -37,13 +35,8 @@ def test_acknowledged_commands_survive_a_redis_crash(private_redis, keys, tmp_pa
     servers = [private_redis]
     try:
         wait_for_heartbeat(client, keys, ["handler-1", "handler-2"])
-        rng = random.Random(11)
         sessions = {a: session_for(client, keys, a) for a in accounts}
-        requests = []
-        for _ in range(3_000):
-            source, target = rng.sample(accounts, 2)
-            requests.append(Request("Transfer", {"account": source, "to": target, "amount": rng.randint(1, 900)},
-                                    sessions[source]))
+        requests = random_transfers(accounts, sessions, 3_000, seed=11)
         acknowledged_before_crash: set[str] = set()
 
         def crash_midway(driver):
