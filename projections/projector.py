@@ -26,12 +26,15 @@ from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
 from projections.apply import ApplyError, Opener
 from projections.database import ProjectionDatabase
 from projections.schema import read_checkpoint, read_checkpoint_digest
-from projections.store import body_digest, write_batch
+from projections.store import RowCache, body_digest, write_batch
 
 log = logging.getLogger("bank.projector")
 
 LIVE_BATCH = 1000
 LIVE_BLOCK_MS = 1000
+LINGER_FROM_EVENTS = 64
+"""A live read that brought at least this many events means the log is busy: wait a moment before the next."""
+LINGER_S = 0.025
 
 
 class Projector:
@@ -48,6 +51,7 @@ class Projector:
         vault: PersonalDataVault,
         batch: int = LIVE_BATCH,
         block_ms: int | None = LIVE_BLOCK_MS,
+        linger_s: float = 0.0,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -56,6 +60,9 @@ class Projector:
         self.vault = vault
         self.batch = batch
         self.block_ms = block_ms
+        self.linger_s = linger_s
+        self.hurry = threading.Event()  # set by a query that waits for a seq this database has not reached
+        self.rows = RowCache()  # this process is the file's only writer between reopenings
         self.counters: dict[str, int] = {"events": 0, "batches": 0, "reopened": 0}
         self.checkpoint = 0
         self.live = False
@@ -76,6 +83,7 @@ class Projector:
             self._generation = self.db.generation
             self.checkpoint = read_checkpoint(self.db.writer)
             self.live = False
+            self.rows.clear()
             self.counters["reopened"] += 1
             self._check_log = True
 
@@ -113,7 +121,7 @@ class Projector:
             return 0
         try:
             result = write_batch(self.db.writer, events, expected_checkpoint=self.checkpoint,
-                                 open_pii=self.open_pii, prefetch_pii=self.vault.prefetch)
+                                 open_pii=self.open_pii, prefetch_pii=self.vault.prefetch, cache=self.rows)
         except ApplyError as error:
             raise FatalWorkerError(f"{self.db.path}: {error}") from error
         except sqlite3.IntegrityError as error:
@@ -137,7 +145,21 @@ class Projector:
         self.counters["batches"] += 1
         with self.changed:
             self.changed.notify_all()
+        if self.live and result.applied >= LINGER_FROM_EVENTS:
+            self._linger()
         return result.applied
+
+    def _linger(self) -> None:
+        """Under load, let the next batch fill up a little before reading it.
+
+        Why: a batch's cost is mostly per touched page, not per event; fuller batches rewrite each account page
+        and index page once for more events (measured: a third less CPU per event at 1,000 events per batch than
+        at 100). Below ``LINGER_FROM_EVENTS`` per read (a quiet bank) nothing waits, and a query waiting for
+        its own write cuts the wait short, so read-your-writes stays as fast as before.
+        """
+        if self.linger_s > 0 and not self.hurry.is_set():
+            self.hurry.wait(self.linger_s)
+        self.hurry.clear()
 
 
 def resolve_db_path(data_dir: Path, db_path: str | Path | None) -> Path:
@@ -176,13 +198,13 @@ def main(
     db = ProjectionDatabase(path)
     projector = Projector(client, keys=keys, db=db,
                           vault=PersonalDataVault(client, keys=keys, master_key=master_key),
-                          block_ms=min(LIVE_BLOCK_MS, MAX_BLOCK_MS))
+                          block_ms=min(LIVE_BLOCK_MS, MAX_BLOCK_MS), linger_s=LINGER_S)
     thread: QueryThread | None = None
     if serve_queries:
         # the query thread has connections of its own
         server = QueryServer(connect(redis_url), bus=connect(bus_url or redis_url), keys=keys, db=db,
                              consumer=name, ready=projector.is_live, master_key=master_key,
-                             changed=projector.changed)
+                             changed=projector.changed, hurry=projector.hurry)
         thread = QueryThread(server, name=f"{name}-queries")
         thread.start()
     runner = WorkerRunner(projector, client=bus, keys=keys, name=name,

@@ -192,6 +192,7 @@ class QueryServer:
         ready: Callable[[], bool],
         master_key: bytes,
         changed: threading.Condition | None = None,
+        hurry: threading.Event | None = None,
         claim_idle_ms: int = CLAIM_IDLE_MS,
         wait_s: float = MIN_SEQ_WAIT_S,
         block_ms: int = BLOCK_MS,
@@ -202,6 +203,7 @@ class QueryServer:
         self.db = db
         self.ready = ready
         self.changed = changed or threading.Condition()
+        self.hurry = hurry or threading.Event()  # tells the projector someone waits for a later seq
         self.claim_idle_ms = claim_idle_ms
         self.wait_s = wait_s
         self.block_ms = block_ms
@@ -323,6 +325,7 @@ class QueryServer:
             waiting = later
             if not waiting:
                 return
+            self.hurry.set()
             now = time.monotonic()
             if now >= deadline:
                 for query, _account in waiting:

@@ -261,3 +261,87 @@ def test_a_projector_stops_when_the_log_lost_what_its_database_applied(fake_redi
         fake_redis.xdel(keys.events, f"{head}-0")  # the tail is gone, nothing re-appended yet
     with pytest.raises(FatalWorkerError, match=f"seq {head}, which this database applied"):
         _project(fake_redis, keys, factory.vault, path)
+
+
+class _FailingCommit:
+    """A connection whose next COMMIT fails (a full disk, an I/O error) after the batch was applied in memory."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_a_batch_that_did_not_commit_leaves_no_trace_in_the_rows_the_projector_keeps(fake_redis, keys, tmp_path):
+    """The projector keeps its account rows between batches; a batch that failed must not leave its changes there."""
+    factory = EventFactory(fake_redis, keys)
+    accounts = factory.open_accounts(4)
+    factory.random_traffic(accounts, 40, seed=1)
+    live = _project(fake_redis, keys, factory.vault, tmp_path / "live.db")
+    assert live.rows.rows  # warm: the next batch reads no account row from the file
+    checkpoint = live.checkpoint
+    factory.random_traffic(accounts, 40, seed=2)
+    writer = live.db.writer
+    live.db._writer = _FailingCommit(writer)
+    with pytest.raises(sqlite3.OperationalError):
+        live.poll_once()
+    live.db._writer = writer
+    assert read_checkpoint(writer) == checkpoint == live.checkpoint
+    while live.poll_once():
+        pass
+    fresh = rebuild(fake_redis, keys, factory.vault, tmp_path / "fresh.db")
+    assert live.checkpoint == fresh.checkpoint == factory.last_seq
+    assert checksums(writer) == checksums(connect(tmp_path / "fresh.db"))
+
+
+def _lingering_projector(fake_redis, keys, tmp_path, events: int) -> tuple[Projector, float]:
+    import time
+
+    from projections.projector import LINGER_FROM_EVENTS
+
+    factory = EventFactory(fake_redis, keys)
+    [account] = factory.open_accounts(1)
+    live = Projector(fake_redis, keys=keys, db=ProjectionDatabase(tmp_path / "db.db"), vault=factory.vault,
+                     block_ms=None, linger_s=60.0)
+    while live.poll_once():
+        pass
+    for _ in range(events):
+        factory.deposit(account, 1)
+    assert (events >= LINGER_FROM_EVENTS) == (factory.last_seq - live.checkpoint >= LINGER_FROM_EVENTS)
+    return live, time.monotonic()
+
+
+def test_a_busy_log_makes_the_projector_linger_until_a_query_waits(fake_redis, keys, tmp_path):
+    import threading
+    import time
+
+    from projections.projector import LINGER_FROM_EVENTS
+
+    live, began = _lingering_projector(fake_redis, keys, tmp_path, LINGER_FROM_EVENTS)
+    lingered = threading.Event()
+
+    def query_waits() -> None:
+        lingered.set()
+        time.sleep(0.5)  # a query arrives while the projector lingers
+        live.hurry.set()
+
+    threading.Thread(target=query_waits, daemon=True).start()
+    assert live.poll_once() == LINGER_FROM_EVENTS
+    assert lingered.is_set() and 0.4 < time.monotonic() - began < 30  # it waited, and not the whole 60 s
+    assert not live.hurry.is_set()
+
+
+def test_a_quiet_log_never_makes_the_projector_linger(fake_redis, keys, tmp_path):
+    import time
+
+    from projections.projector import LINGER_FROM_EVENTS
+
+    live, began = _lingering_projector(fake_redis, keys, tmp_path, LINGER_FROM_EVENTS - 1)
+    assert live.poll_once() == LINGER_FROM_EVENTS - 1
+    assert time.monotonic() - began < 30

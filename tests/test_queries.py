@@ -96,8 +96,10 @@ def test_admin_lists_accounts_and_transactions_with_masked_data(bank):
 
 def test_min_seq_beyond_the_checkpoint_times_out_then_is_served(bank):
     seq = bank.factory.deposit(bank.accounts[0], 1_00)
+    assert not bank.server.hurry.is_set()
     reply = bank.ask("balance", session=bank.customer, min_seq=seq)
     assert reply["code"] == "timeout"
+    assert bank.server.hurry.is_set()  # the projector is told to stop lingering: someone waits for its next batch
     bank.catch_up()
     reply = bank.ask("balance", session=bank.customer, min_seq=seq)
     assert reply["balance"] == "11.00" and reply["seq"] >= seq
