@@ -72,6 +72,15 @@ class Sealer:
         self._started = True
 
     def poll_once(self) -> int:
+        try:
+            return self._follow()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Redis may come back with less than was read (or, once the handlers append again, with other events
+            # at those seqs): start again from the last seal it holds, never seal what was read before.
+            self._started = False
+            raise
+
+    def _follow(self) -> int:
         if not self._started:
             self._resume()
         events = self.follower.read_after(self._seq, count=READ_COUNT, block_ms=self.block_ms)

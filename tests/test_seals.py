@@ -148,3 +148,51 @@ def test_sealer_stops_on_a_gap(fake_redis, keys):
     sealer = Sealer(fake_redis, keys=keys, private_key=Ed25519PrivateKey.generate(), block_ms=None)
     with pytest.raises(FatalWorkerError, match="expected seq 3"):
         sealer.poll_once()
+
+
+def test_after_losing_redis_the_sealer_seals_only_what_the_log_still_holds(fake_redis, keys, monkeypatch):
+    """A Redis that comes back without (or with other) events than the sealer had read must not get them sealed.
+
+    The sealer keeps the chain of what it read since its last seal in memory. After a lost connection it starts
+    again from the last seal Redis holds, so a seal always describes the log as it is.
+    """
+    import redis
+
+    factory = EventFactory(fake_redis, keys)
+    factory.open_admin()
+    factory.open_accounts(3)
+    key = Ed25519PrivateKey.generate()
+    sealer = Sealer(fake_redis, keys=keys, private_key=key, block_ms=None, every_events=10_000, every_s=3600)
+    sealer.poll_once()
+    sealer.seal()
+    sealed = last_seal(fake_redis, keys).seq
+    factory.open_accounts(2)
+    assert sealer.poll_once() > 0  # read, not sealed yet
+    # Redis restarts holding other events after the seal (a lost tail, appended again by the handlers).
+    entries = fake_redis.xrange(keys.events)
+    fake_redis.delete(keys.events)
+    for entry_id, fields in entries:
+        if int(fields[b"seq"]) > sealed:
+            fields = {**fields, b"body": fields[b"body"] + b" "}
+        fake_redis.xadd(keys.events, fields, id=entry_id)
+    real_read = sealer.follower.read_after
+    calls = []
+
+    def read_once_lost(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Connection reset by peer")
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(sealer.follower, "read_after", read_once_lost)
+    with pytest.raises(redis.ConnectionError):
+        sealer.poll_once()
+    while sealer.poll_once():
+        pass
+    sealer.seal()
+    newest = last_seal(fake_redis, keys)
+    assert newest.seq == factory.last_seq and newest.first_seq == sealed + 1
+    chain = GENESIS
+    for event in iterate(fake_redis, keys):
+        chain = extend_chain(chain, hashlib.sha256(event.body).digest())
+    assert chain.hex() == newest.chain
