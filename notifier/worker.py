@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +186,21 @@ class Notifier:
         self.directory.prefetch_phones({notice.account for *_, notices in readable for notice in notices})
         for entry_id, payload, event_id, notices in readable:
             waiting: set[MessageKey] = set()
+            seq, event_type, occurred_at = _seq_of(entry_id), str(payload["type"]), str(payload["occurred_at"])
             for notice in notices:
-                message = Message(event_id=event_id, account=notice.account, seq=_seq_of(entry_id),
-                                  event_type=str(payload["type"]), entry_id=entry_id,
-                                  occurred_at=str(payload["occurred_at"]), to="", body=notice.body)
+                unreadable: str | None = None
                 try:
-                    phone = self.directory.phone_for(notice.account, message.seq)
+                    phone = self.directory.phone_for(notice.account, seq)
                 except ContactUnreadable as error:
-                    self._dead(message, Failure(Verdict.PERMANENT, "contact_unreadable", str(error)), 0)
-                    continue
+                    phone, unreadable = "", str(error)
                 if phone is None:
                     self.counters["skipped"] += 1
                     continue
-                message = replace(message, to=phone)
+                message = Message(event_id=event_id, account=notice.account, seq=seq, event_type=event_type,
+                                  entry_id=entry_id, occurred_at=occurred_at, to=phone, body=notice.body)
+                if unreadable is not None:
+                    self._dead(message, Failure(Verdict.PERMANENT, "contact_unreadable", unreadable), 0)
+                    continue
                 if message.key not in self._jobs:
                     self._jobs[message.key] = _Job(message, due=now)
                 waiting.add(message.key)

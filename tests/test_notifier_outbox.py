@@ -208,3 +208,27 @@ def test_two_notifiers_in_one_group_split_the_work_without_doubles(any_redis, ke
         second.poll_once()
     assert first.counters["sent"] > 0 and second.counters["sent"] > 0
     assert Counter((m["event_id"], m["account"]) for m in lines(outbox)) == expected_messages(bank, set(accounts))
+
+
+def test_a_number_that_does_not_open_is_dead_lettered_and_nothing_is_sent(any_redis, keys, tmp_path):
+    """A sealed phone that fails authentication (tampered): a dead letter naming the event, no SMS for it, the
+    event acknowledged; the other customers are texted as usual."""
+    outbox = tmp_path / "outbox.jsonl"
+    bank, notifier = make(any_redis, keys, outbox)
+    with bank.batch():
+        alice = bank.open(phone="+15550000101", sms=True)
+        bob = bank.open(phone="+15550000202", sms=True)
+    drain(notifier)
+    contact = notifier.directory._contacts[alice]
+    sealed = contact.phone_sealed
+    contact.phone, contact.phone_sealed = None, sealed[:-6] + ("AAAAAA" if not sealed.endswith("AAAAAA") else "BBBBBB")
+    bank.deposit(alice, 1_000)
+    bank.deposit(bob, 2_000)
+    drain(notifier)
+    assert [(m["account"], m["to"]) for m in lines(outbox)] == [(bob, "+15550000202")]
+    dead = any_redis.xrange(keys.dead("notifier"))
+    assert [(int(f[b"account"]), f[b"code"], f[b"type"]) for _id, f in dead] == [
+        (alice, b"contact_unreadable", b"MoneyDeposited")]
+    assert b"+1555" not in b"".join(v for _id, f in dead for v in f.values())
+    assert pending(any_redis, keys) == 0
+    assert notifier.counters["dead"] == 1

@@ -55,6 +55,7 @@ def test_short_time_falls_back_on_unexpected_text():
     assert short_time(WHEN) == "2026-11-24 01:02 UTC"
     assert short_time("2026-11-24T01:07:00Z") == "2026-11-24 01:07 UTC", "auth_zkp.login.iso_utc's format"
     assert short_time("yesterday") == "yesterday"
+    assert short_time(1_764_000_000) == "1764000000", "not text at all"
     assert short_time("2026-02-30T01:07:00Z") == "2026-02-30T01:07:00Z", "no such day"
     assert short_time("2026-11-24T01:07:00+02:00") == "2026-11-24T01:07:00+02:00", "not UTC"
     assert short_time("2026-11-24T01:07:00.1234567Z") == "2026-11-24T01:07:00.12345", "seven digits: cut to 25"
