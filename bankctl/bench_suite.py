@@ -169,6 +169,26 @@ def machine_description() -> dict[str, Any]:
             "redis": redis_version, "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+PROBE_LOOPS = 2_000_000
+
+
+def cpu_probe(rounds: int = 5) -> float:
+    """Millions of iterations/s of a fixed pure-Python loop on one core: the median of ``rounds``.
+
+    Why: these VMs share their host, and the same code measured half as fast on one day as on another. The probe,
+    taken before and after the runs, says how fast the machine was, so reports from different days can be put
+    side by side.
+    """
+    speeds = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        total = 0
+        for i in range(PROBE_LOOPS):
+            total += i
+        speeds.append(PROBE_LOOPS / (time.perf_counter() - began) / 1e6)
+    return round(statistics.median(speeds), 1)
+
+
 def prepare_bank(bank: BenchBank, count: int) -> tuple[list[int], dict[int, str]]:
     opened = open_accounts(bank.bus_client(), bank.keys, bank.admin_session(), count)
     store = bank.sessions()
@@ -421,6 +441,7 @@ def _median_lag(lags: list[dict[str, dict[str, float]]], catch_ups: list[float])
 def run_bench(options: BenchOptions, progress: Progress = _quiet) -> dict[str, Any]:
     started = time.monotonic()
     report: dict[str, Any] = {"machine": machine_description(), "fsync": "always", "options": _options_json(options)}
+    report["machine"]["cpu_probe_mloops_per_s"] = [cpu_probe()]
     report["write_path"] = write_path_phase(options, progress)
     report["full_system"] = full_system_phase(options, progress) if options.full_system else None
     checks = {"write_path": report["write_path"]["invariants"]["ok"]}
@@ -430,6 +451,7 @@ def run_bench(options: BenchOptions, progress: Progress = _quiet) -> dict[str, A
                   for r in report[phase]["results"])
     if report["full_system"]:
         missing += report["full_system"]["queries"]["missing"]
+    report["machine"]["cpu_probe_mloops_per_s"].append(cpu_probe())
     report["invariants"] = {**checks, "missing_replies": missing, "ok": all(checks.values()) and missing == 0}
     report["seconds"] = round(time.monotonic() - started, 1)
     return report

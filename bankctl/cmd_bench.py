@@ -41,7 +41,8 @@ def render(report: dict[str, Any]) -> str:
         f"machine: {m['host']}, {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"{m['python']}, Redis {m['redis']} (log: appendfsync {report['fsync']}; request bus: a second redis-server "
         f"that persists nothing); load average at start "
-        f"{' '.join(str(x) for x in m['load_average_at_start'])}",
+        f"{' '.join(str(x) for x in m['load_average_at_start'])}; one core ran a fixed Python loop at "
+        f"{' then '.join(f'{x} M' for x in m['cpu_probe_mloops_per_s'])} iterations/s (before, after the runs)",
         f"{opts['accounts']} accounts; medians of {opts['runs']} runs; batched = {opts['clients']} client processes "
         f"x {opts['window']} commands in flight as batch requests (one customer's commands each, one reply per "
         f"request); pipelined = the same window of single-command requests; sequential = one request in flight "

@@ -23,6 +23,8 @@ def report() -> dict:
 
 def test_report_has_every_figure(report):
     assert report["machine"]["cores"] >= 1 and report["fsync"] == "always"
+    probes = report["machine"]["cpu_probe_mloops_per_s"]
+    assert len(probes) == 2 and all(p > 0 for p in probes)  # before and after the runs
     write = report["write_path"]
     assert [r["mode"].split(" ")[0] for r in write["results"]] == ["sequential", "batched", "pipelined", "paced"]
     for row in write["results"] + report["full_system"]["results"]:
@@ -58,7 +60,7 @@ def test_invariants_hold_and_are_reported(report):
 def test_human_report_names_every_section(report):
     text = render(report)
     for heading in ("WRITE PATH", "FULL SYSTEM", "projector lag", "queries", "notifier", "rebuild", "audit verify",
-                    "bytes per event", "resident memory", "INVARIANTS", "overall: OK"):
+                    "bytes per event", "resident memory", "INVARIANTS", "overall: OK", "fixed Python loop"):
         assert heading in text
 
 
