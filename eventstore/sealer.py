@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,8 @@ log = logging.getLogger("bank.sealer")
 SEAL_EVERY_EVENTS = 1000
 SEAL_EVERY_S = 1.0
 READ_COUNT = 1000
+LINGER_S = 0.1
+"""After a read that found the sealer at the head, wait this long before the next."""
 
 
 class Sealer:
@@ -44,6 +47,8 @@ class Sealer:
         block_ms: int = 200,
         every_events: int = SEAL_EVERY_EVENTS,
         every_s: float = SEAL_EVERY_S,
+        linger_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -52,6 +57,8 @@ class Sealer:
         self.block_ms = block_ms
         self.every_events = every_events
         self.every_s = every_s
+        self.linger_s = linger_s
+        self._sleep = sleep
         self.counters: dict[str, int] = {"events": 0, "seals": 0}
         self.sealed_seq = 0
         self._chain = GENESIS
@@ -98,6 +105,10 @@ class Sealer:
                 self.seal()
         if self._leaves and time.monotonic() - self._last_seal_at >= self.every_s:
             self.seal()
+        if self.linger_s > 0 and 0 < len(events) < READ_COUNT:
+            # Seals come once a second: reading after every append only costs CPU the commands could use
+            # (measured at 2,000 commands/s: the sealer's CPU fell by three quarters with this pause).
+            self._sleep(self.linger_s)
         return len(events)
 
     def seal(self) -> None:
@@ -139,7 +150,7 @@ def main(*, redis_url: str, bus_url: str | None = None, data_dir: Path, name: st
         log.error("cannot load the signing key %s: %s", key_path, error)
         return 1
     client = connect(redis_url)
-    sealer = Sealer(client, keys=keys, private_key=private_key, block_ms=min(500, MAX_BLOCK_MS))
+    sealer = Sealer(client, keys=keys, private_key=private_key, block_ms=min(500, MAX_BLOCK_MS), linger_s=LINGER_S)
     bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
     runner = WorkerRunner(sealer, client=bus, keys=keys, name=name,
                           extra_status=lambda: {"sealed_seq": sealer.sealed_seq})

@@ -58,6 +58,8 @@ FAILOVER_MS = 2000
 CLAIM_EVERY_S = 1.0
 TOUCH_EVERY_S = 1.0
 MAX_WAITING = 5000
+LINGER_S = 0.05
+"""After a read that found the notifier at the head, wait this long before the next: see :meth:`Notifier._linger`."""
 """Messages waiting for a retry; above this no new events are read (they wait safely in Redis)."""
 
 assert BLOCK_MS < MAX_BLOCK_MS
@@ -93,6 +95,8 @@ class Notifier:
         failover_ms: int = FAILOVER_MS,
         max_waiting: int = MAX_WAITING,
         clock: Callable[[], float] = time.monotonic,
+        linger_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``block_ms`` is how long a read waits for new events (``None``: not at all, as in tests);
         ``failover_ms`` is how long a peer's unacknowledged event must idle before this one takes it over."""
@@ -106,6 +110,8 @@ class Notifier:
         self.failover_ms = failover_ms
         self.max_waiting = max_waiting
         self.clock = clock
+        self.linger_s = linger_s
+        self._sleep = sleep
         self.group = ConsumerGroup(client, stream=keys.events, group=GROUP, consumer=consumer)
         self.directory = ContactDirectory(vault)
         self.ledger = Ledger(client, keys=keys)
@@ -300,7 +306,21 @@ class Notifier:
             self._admit(entries, now)
         sent = self._deliver(now)
         self._touch_waiting(now)
+        if 0 < len(entries) < self.read_count:
+            self._linger()
         return len(entries) + sent
+
+    def _linger(self) -> None:
+        """At the head of the log, let the next events gather for a moment before reading them.
+
+        Why: every batch costs a wake-up and several round trips to the log's Redis (the group's read, the ledger,
+        the acknowledgement) whatever its size. Read after every append, at 2,000 commands/s the notifier
+        woke for a few events at a time; with this pause its CPU halved (measured), and that CPU goes to the command
+        path. An SMS a few hundredths of a second later costs nobody anything. A backlog (a full read) is read
+        without pause.
+        """
+        if self.linger_s > 0:
+            self._sleep(self.linger_s)
 
     @property
     def waiting(self) -> int:
@@ -331,7 +351,8 @@ def main(
         return error.exit_code
     client = connect(redis_url)
     vault = PersonalDataVault(client, keys=keys, master_key=master_key)
-    worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name)
+    worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name,
+                      linger_s=LINGER_S)
     log.info("%s: notifier starting (sender %s, group %s)", name, sender.kind, GROUP)
     bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
     runner = WorkerRunner(worker, client=bus, keys=keys, name=name, burst=burst, extra_status=worker.status)

@@ -232,3 +232,17 @@ def test_a_number_that_does_not_open_is_dead_lettered_and_nothing_is_sent(any_re
     assert b"+1555" not in b"".join(v for _id, f in dead for v in f.values())
     assert pending(any_redis, keys) == 0
     assert notifier.counters["dead"] == 1
+
+
+def test_at_the_head_the_notifier_pauses_between_reads_and_never_while_behind(any_redis, keys, tmp_path):
+    pauses: list[float] = []
+    bank, notifier = make(any_redis, keys, tmp_path / "outbox.jsonl", read_count=4, linger_s=0.05,
+                          sleep=pauses.append)
+    with bank.batch():
+        alice = bank.open(phone="+15550000101", sms=True)
+        for _ in range(5):
+            bank.deposit(alice, 100)  # 6 events: a full read of 4, then 2
+    assert notifier.poll_once() > 0 and pauses == []  # behind: read on at once
+    assert notifier.poll_once() > 0 and pauses == [0.05]  # caught up: pause before the next read
+    assert notifier.poll_once() == 0 and pauses == [0.05]  # nothing read: the blocking read is the wait
+    assert len(lines(tmp_path / "outbox.jsonl")) == 5

@@ -300,7 +300,7 @@ def test_a_batch_that_did_not_commit_leaves_no_trace_in_the_rows_the_projector_k
     assert checksums(writer) == checksums(connect(tmp_path / "fresh.db"))
 
 
-def _lingering_projector(fake_redis, keys, tmp_path, events: int) -> tuple[Projector, float]:
+def _lingering_projector(fake_redis, keys, tmp_path, events: int, **lingers: float) -> tuple[Projector, float]:
     import time
 
     from projections.projector import LINGER_FROM_EVENTS
@@ -308,9 +308,11 @@ def _lingering_projector(fake_redis, keys, tmp_path, events: int) -> tuple[Proje
     factory = EventFactory(fake_redis, keys)
     [account] = factory.open_accounts(1)
     live = Projector(fake_redis, keys=keys, db=ProjectionDatabase(tmp_path / "db.db"), vault=factory.vault,
-                     block_ms=None, linger_s=60.0)
+                     block_ms=None)
     while live.poll_once():
         pass
+    for name, seconds in (lingers or {"linger_s": 60.0}).items():
+        setattr(live, name, seconds)
     for _ in range(events):
         factory.deposit(account, 1)
     assert (events >= LINGER_FROM_EVENTS) == (factory.last_seq - live.checkpoint >= LINGER_FROM_EVENTS)
@@ -344,4 +346,21 @@ def test_a_quiet_log_never_makes_the_projector_linger(fake_redis, keys, tmp_path
 
     live, began = _lingering_projector(fake_redis, keys, tmp_path, LINGER_FROM_EVENTS - 1)
     assert live.poll_once() == LINGER_FROM_EVENTS - 1
+    assert time.monotonic() - began < 30
+
+
+def test_a_quiet_log_makes_the_projector_pause_briefly_unless_a_query_waits(fake_redis, keys, tmp_path):
+    import threading
+    import time
+
+    live, began = _lingering_projector(fake_redis, keys, tmp_path, 3, linger_s=60.0, quiet_linger_s=0.3)
+    assert live.poll_once() == 3
+    assert 0.25 < time.monotonic() - began < 30  # the short pause, not the long one
+
+    (tmp_path / "again").mkdir()
+    other = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    live, _ = _lingering_projector(other, keys, tmp_path / "again", 3, quiet_linger_s=60.0)
+    threading.Timer(0.2, live.hurry.set).start()  # a query waits for the next seq
+    began = time.monotonic()
+    assert live.poll_once() == 3
     assert time.monotonic() - began < 30

@@ -196,3 +196,14 @@ def test_after_losing_redis_the_sealer_seals_only_what_the_log_still_holds(fake_
     for event in iterate(fake_redis, keys):
         chain = extend_chain(chain, hashlib.sha256(event.body).digest())
     assert chain.hex() == newest.chain
+
+
+def test_at_the_head_the_sealer_pauses_between_reads(fake_redis, keys):
+    factory = EventFactory(fake_redis, keys)
+    factory.open_admin()
+    factory.open_accounts(3)
+    pauses: list[float] = []
+    sealer = Sealer(fake_redis, keys=keys, private_key=Ed25519PrivateKey.generate(), block_ms=None, every_s=3600,
+                    linger_s=0.1, sleep=pauses.append)
+    assert sealer.poll_once() == factory.last_seq and pauses == [0.1]
+    assert sealer.poll_once() == 0 and pauses == [0.1]
