@@ -17,7 +17,7 @@ from projections.compare import checksums
 from projections.database import ProjectionDatabase
 from projections.projector import Projector
 from projections.rebuild import rebuild
-from projections.schema import connect, read_checkpoint
+from projections.schema import WAL_CHECKPOINT_PAGES, connect, read_checkpoint
 
 
 def _project(client, keys, vault, path, *, batch=1000):
@@ -184,6 +184,7 @@ def test_rebuild_swaps_in_under_a_live_projector(fake_redis, keys, tmp_path):
     assert checksums(live.db.writer) == checksums(connect(tmp_path / "fresh.db"))
     assert checksums(reader) == checksums(live.db.writer)
     assert live.db.writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert live.db.writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_CHECKPOINT_PAGES
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
