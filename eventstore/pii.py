@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventstore.keyfiles import create_private_file, read_private_file
 from eventstore.keys import Keys
+from eventstore.worker import FatalWorkerError
 
 SEALED_PREFIX = "pii1:"
 ERASED = "[erased]"
@@ -28,6 +29,18 @@ PREFETCH_CHUNK = 1000
 
 class DataKeyMissing(LookupError):
     """The customer's data key is gone (erased) or was never created."""
+
+
+class DataKeyUnreadable(FatalWorkerError):
+    """A wrapped data key fails authentication: a master key that is not the bank's, or a tampered key.
+
+    A worker stops with this message rather than skip the customer's data or guess (a bare ``InvalidTag`` from
+    the cipher said neither which account nor what to check).
+    """
+
+    def __init__(self, account_id: int) -> None:
+        super().__init__(f"the data key of account {account_id} does not open with this master key: is master.key "
+                         "the bank's own, and was the key in Redis changed?")
 
 
 def create_master_key(path: Path) -> None:
@@ -86,9 +99,15 @@ class PersonalDataVault:
         wrapped = self._client.get(self._keys.data_key(account_id))
         if wrapped is None:
             raise DataKeyMissing(f"no data key for account {account_id}")
-        data_key = self._master.decrypt(wrapped[:12], wrapped[12:], self._wrap_aad(account_id))
+        data_key = self._unwrap(account_id, wrapped)
         self._cache[account_id] = data_key
         return data_key
+
+    def _unwrap(self, account_id: int, wrapped: bytes) -> bytes:
+        try:
+            return self._master.decrypt(wrapped[:12], wrapped[12:], self._wrap_aad(account_id))
+        except InvalidTag as error:
+            raise DataKeyUnreadable(account_id) from error
 
     def prefetch(self, account_ids: Iterable[int]) -> None:
         """Fetch and unwrap the data keys of many accounts in one MGET (a missing key stays missing: erased)."""
@@ -98,8 +117,7 @@ class PersonalDataVault:
             for account_id, wrapped in zip(chunk, self._client.mget([self._keys.data_key(a) for a in chunk]),
                                            strict=True):
                 if wrapped is not None:
-                    self._cache[account_id] = self._master.decrypt(wrapped[:12], wrapped[12:],
-                                                                   self._wrap_aad(account_id))
+                    self._cache[account_id] = self._unwrap(account_id, wrapped)
 
     def destroy_data_key(self, account_id: int) -> None:
         """Crypto-shred: after this no copy of the customer's sealed fields can be opened."""

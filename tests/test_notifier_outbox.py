@@ -246,3 +246,24 @@ def test_at_the_head_the_notifier_pauses_between_reads_and_never_while_behind(an
     assert notifier.poll_once() > 0 and pauses == [0.05]  # caught up: pause before the next read
     assert notifier.poll_once() == 0 and pauses == [0.05]  # nothing read: the blocking read is the wait
     assert len(lines(tmp_path / "outbox.jsonl")) == 5
+
+
+def test_a_notifier_given_another_master_key_stops_and_leaves_the_events_pending(any_redis, keys, tmp_path):
+    from eventstore.pii import PersonalDataVault
+    from eventstore.worker import FatalWorkerError
+
+    outbox = tmp_path / "outbox.jsonl"
+    bank = FakeBank(any_redis, keys)
+    with bank.batch():
+        alice = bank.open(phone="+15550000101", sms=True)
+        bank.deposit(alice, 1_000)
+    stranger = PersonalDataVault(any_redis, keys=keys, master_key=os.urandom(32))
+    notifier = Notifier(any_redis, keys=keys, vault=stranger, sender=OutboxSender(outbox), consumer="n1",
+                        block_ms=None)
+    with pytest.raises(FatalWorkerError, match="does not open with this master key"):
+        drain(notifier)
+    assert not outbox.exists() or outbox.read_bytes() == b""
+    assert pending(any_redis, keys) > 0  # nothing acknowledged: a notifier with the right key sends it
+    _, fixed = make(any_redis, keys, outbox, bank=bank, consumer="n1")
+    drain(fixed)
+    assert [m["account"] for m in lines(outbox)] == [alice]

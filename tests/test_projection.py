@@ -365,3 +365,18 @@ def test_a_quiet_log_makes_the_projector_pause_briefly_unless_a_query_waits(fake
     began = time.monotonic()
     assert live.poll_once() == 3
     assert time.monotonic() - began < 30
+
+
+def test_a_projector_given_another_master_key_stops_and_says_so(fake_redis, keys, tmp_path):
+    import os
+
+    from eventstore.pii import PersonalDataVault
+
+    factory = EventFactory(fake_redis, keys)
+    factory.open_accounts(2)
+    stranger = PersonalDataVault(fake_redis, keys=keys, master_key=os.urandom(32))
+    projector = Projector(fake_redis, keys=keys, db=ProjectionDatabase(tmp_path / "db.db"), vault=stranger,
+                          block_ms=None)
+    with pytest.raises(FatalWorkerError, match="does not open with this master key"):
+        projector.poll_once()
+    assert read_checkpoint(projector.db.writer) == 0
