@@ -157,9 +157,9 @@ class Projector:
         """Let the next batch fill up a little before reading it; a query waiting for it cuts the wait short.
 
         Why: a batch's cost is mostly per touched page and per wake-up, not per event. Under load, fuller
-        batches rewrite each account and index page once for more events (measured: a third less CPU per event
+        batches rewrite each account and index page once for more events (measured: 15-20% less CPU per event
         at 1,000 events per batch than at 100). At 2,000 commands/s, reading after every append woke each
-        projector for two or three events at a time; a 5 ms pause cut its CPU by about 30%, and that CPU goes
+        projector for two to four events at a time; a 5 ms pause cut its CPU by about 30%, and that CPU goes
         to the command path. Read-your-writes is not slower: a query waiting for a later seq sets ``hurry``.
         """
         if seconds > 0 and not self.hurry.is_set():

@@ -111,7 +111,7 @@ class RowCache:
     """The account rows a live database holds, kept between batches by its only writer.
 
     Why: under load a batch touches accounts spread over the whole table, and reading them back (``IN``
-    queries) was a sixth of the projector's time. The rows are mutated in place while a batch is applied, so
+    queries) was a seventh of the projector's time. The rows are mutated in place while a batch is applied, so
     anything that fails or that another process wrote (a rebuild swapped in, a reopened file) must
     :meth:`clear` the cache before the next batch.
     """
