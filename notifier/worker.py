@@ -58,9 +58,9 @@ FAILOVER_MS = 2000
 CLAIM_EVERY_S = 1.0
 TOUCH_EVERY_S = 1.0
 MAX_WAITING = 5000
+"""Messages waiting for a retry; above this no new events are read (they wait safely in Redis)."""
 LINGER_S = 0.05
 """After a read that found the notifier at the head, wait this long before the next: see :meth:`Notifier._linger`."""
-"""Messages waiting for a retry; above this no new events are read (they wait safely in Redis)."""
 
 assert BLOCK_MS < MAX_BLOCK_MS
 
@@ -351,8 +351,7 @@ def main(
         return error.exit_code
     client = connect(redis_url)
     vault = PersonalDataVault(client, keys=keys, master_key=master_key)
-    worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name,
-                      linger_s=LINGER_S)
+    worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name, linger_s=LINGER_S)
     log.info("%s: notifier starting (sender %s, group %s)", name, sender.kind, GROUP)
     bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
     runner = WorkerRunner(worker, client=bus, keys=keys, name=name, burst=burst, extra_status=worker.status)
