@@ -66,7 +66,7 @@ class BenchBank:
         log = open(self.root / f"{name}.log", "ab")
         self.worker_args[name] = args
         self.workers[name] = subprocess.Popen(command, env=self.env(), stdout=log, stderr=log,
-                                              stdin=subprocess.DEVNULL, start_new_session=True)
+                                              stdin=subprocess.DEVNULL, process_group=0)
 
     def wait_for_heartbeats(self) -> None:
         client = self.bus_client()

@@ -226,7 +226,7 @@ class Supervisor:
         log_path = self.settings.run_dir / f"{spec.name}.log"
         with open(log_path, "ab") as log:
             child = subprocess.Popen(worker_command(self.settings, spec), stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=log, start_new_session=True)
+                                     stderr=log, process_group=0)
         self.children[spec.name] = child
         self.state.workers[spec.name] = child.pid
         self.state.logs[spec.name] = str(log_path)

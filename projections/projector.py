@@ -22,7 +22,7 @@ from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
 from eventstore.keys import KEYS, Keys
 from eventstore.log import LogFollower, read_range
 from eventstore.pii import PersonalDataVault, load_master_key
-from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging
+from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging, yield_cpu_to_commands
 from projections.apply import ApplyError, Opener
 from projections.database import ProjectionDatabase
 from projections.schema import read_checkpoint, read_checkpoint_digest
@@ -212,6 +212,7 @@ def main(
                              changed=projector.changed, hurry=projector.hurry)
         thread = QueryThread(server, name=f"{name}-queries")
         thread.start()
+    yield_cpu_to_commands()  # after the query thread started: only this thread, the one applying the log, yields
     runner = WorkerRunner(projector, client=bus, keys=keys, name=name,
                           extra_status=lambda: {"checkpoint": projector.checkpoint, "db": str(path),
                                                 "live": int(projector.live)})

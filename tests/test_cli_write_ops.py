@@ -47,12 +47,37 @@ def test_up_detached_status_and_down(bankctl):
     assert report["last_seq"] >= 1 and report["log_length"] == report["last_seq"]
     assert set(report["pending"]) >= {"handler-1", "handler-2"}
     assert "password" not in status.stdout
+    _assert_followers_yield_to_the_command_path(started["supervisor_pid"], started["workers"])
     again = bankctl("up", "--detach")
     assert again.returncode != 0 and "already up" in again.stderr
     down = bankctl("down", "--json")
     assert down.returncode == 0 and "supervisor" in orjson.loads(down.stdout)["stopped"]
     assert not any(pid_alive(pid) for pid in pids)
     assert bankctl("status").returncode == 5
+
+
+def _thread_niceness(pid: int) -> dict[int, int]:
+    """Niceness of every thread of ``pid`` by thread id (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as stat:
+            out[int(tid)] = int(stat.read().rsplit(")", 1)[1].split()[16])
+    return out
+
+
+def _assert_followers_yield_to_the_command_path(supervisor: int, workers: dict[str, int]) -> None:
+    """The followers apply the log at nice 10, the handlers and a projector's query thread at 0, and all share
+    the supervisor's session: the kernel ranks threads by niceness only inside one session (autogroup)."""
+    assert {os.getsid(pid) for pid in workers.values()} == {os.getsid(supervisor)}
+    for name, pid in workers.items():
+        niceness = _thread_niceness(pid)
+        main_thread = niceness.pop(pid)
+        if name.startswith("handler"):
+            assert main_thread == 0, name
+        else:
+            assert main_thread == 10, name
+        if name.startswith("projector"):
+            assert 0 in niceness.values(), f"{name}: the query thread must keep the normal priority"
 
 
 def test_up_in_the_foreground_stops_everything_on_ctrl_c(bankctl, tmp_path):
