@@ -1,11 +1,13 @@
 """What ``bankctl bench`` observes besides the clients: worker memory, Redis memory, projector lag, work split.
 
-Everything here only reads: ``/proc/<pid>/status`` for resident memory, ``INFO memory`` for Redis, the
+Everything here only reads: ``/proc/<pid>/status`` for resident memory, ``/proc/<pid>/stat`` for CPU time,
+``INFO memory`` for Redis, the
 projectors' SQLite checkpoints (read-only) against the log head for lag, and the workers' heartbeat counters.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -35,6 +37,49 @@ def resident_kib(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             out[name] = int(value.split()[0])
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (``/proc/<pid>/stat``); 0.0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used per command by each process over some runs: where the time of a command goes."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used = dict.fromkeys(pids, 0.0)
+        self.commands = 0
+        self.wall_s = 0.0
+        self._start: dict[str, float] = {}
+        self._began = 0.0
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._began = time.monotonic()
+
+    def stop(self, commands: int) -> None:
+        """End a run of ``commands`` commands (call once the followers have caught up: their work counts too)."""
+        self.wall_s += time.monotonic() - self._began
+        for name, pid in self.pids.items():
+            self.used[name] += cpu_seconds(pid) - self._start[name]
+        self.commands += commands
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Microseconds of CPU per command by process, and the share of the whole."""
+        total = sum(self.used.values())
+        rows = [{"process": name, "us_per_command": round(used / self.commands * 1e6, 1) if self.commands else 0.0,
+                 "share": round(used / total, 3) if total else 0.0} for name, used in self.used.items()]
+        cores = total / self.wall_s if self.wall_s else 0.0
+        rows.append({"process": f"all (cores busy: {cores:.2f})",
+                     "us_per_command": round(total / self.commands * 1e6, 1) if self.commands else 0.0,
+                     "share": 1.0 if total else 0.0})
+        return rows
 
 
 def redis_used_memory(client: redis.Redis) -> int:

@@ -24,6 +24,7 @@ from auth_zkp.principal import Principal
 from bankctl.bench_env import BenchBank, start_bench_bank
 from bankctl.bench_load import BATCH_COMMANDS, ClientStats, open_accounts, percentile, run_clients
 from bankctl.bench_probe import (
+    CpuMeter,
     LagSampler,
     counters_delta,
     head,
@@ -295,17 +296,21 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         progress("full system: batched runs with projector lag sampling")
         per_run, lags, catch_ups, memory = [], [], [], []
         before = _settle_counters(bank)
+        meter = CpuMeter(_bank_pids(bank))
         for run in range(options.runs):
             progress(f"full system: batched, run {run + 1}/{options.runs}")
             used, (seq_before, _) = redis_used_memory(client), head(client, bank.keys)
             sampler = LagSampler(bank.client(), bank.keys, databases)
             sampler.start()
+            meter.start()
             try:
                 summary, _ = _run(bank, sessions, ledger, mode="batched", clients=options.clients,
                                   operations=options.operations, window=options.window, seed=100 + run)
             finally:
                 sampler.stop()
             catch_ups.append(wait_caught_up(client, bank.keys, databases))
+            wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP, timeout_s=300.0)
+            meter.stop(summary["commands"])
             seq_after, _ = head(client, bank.keys)
             if seq_after > seq_before:
                 memory.append((redis_used_memory(client) - used) / (seq_after - seq_before))
@@ -340,8 +345,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         queries = median_row(f"queries paced {options.query_rate:,.0f}/s", per_run)
 
         notifier = notifier_phase(bank, sessions, ledger, options, progress)
-        servers = {"redis-server": bank.redis.pid, **({"bus redis-server": bank.bus.pid} if bank.bus else {})}
-        resources = process_rows({**servers, **{n: p.pid for n, p in bank.workers.items()}})
+        resources = process_rows(_bank_pids(bank))
 
         filled = None
         if options.fill_events:
@@ -377,6 +381,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
             "redis_bytes_per_event": statistics.median(memory) if memory else None,
             "redis_used_memory_mib": round(redis_used_memory(client) / 2**20, 1),
             "resident_memory": resources,
+            "cpu_per_command": meter.rows(),
             "filled": filled,
             "rebuild": _median_rate(rebuilds),
             "audit": {**_median_rate(audits), "findings": audits[-1]["findings"] if audits else []},
@@ -384,6 +389,12 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         }
     finally:
         bank.close()
+
+
+def _bank_pids(bank: BenchBank) -> dict[str, int]:
+    """The bank's processes by name: the Redis servers, then the workers."""
+    servers = {"redis-server": bank.redis.pid, **({"bus redis-server": bank.bus.pid} if bank.bus else {})}
+    return {**servers, **{name: process.pid for name, process in bank.workers.items()}}
 
 
 def notifier_phase(bank: BenchBank, sessions: dict[int, str], ledger: Ledger, options: BenchOptions,

@@ -87,6 +87,9 @@ def render(report: dict[str, Any]) -> str:
                          f"{full['filled']['events_per_s']:,.0f} events/s before rebuild and audit)")
         lines += ["resident memory per process:",
                   table(full["resident_memory"], ("process", "rss_mib", "peak_rss_mib")),
+                  "CPU per command in the batched runs (user + system time from /proc, followers' catch-up "
+                  "included; the load generator not counted):",
+                  table(full["cpu_per_command"], ("process", "us_per_command", "share")),
                   "handler split (batched runs):",
                   table(full["handler_split"],
                         ("handler", "processed", "share", "batches", "per_batch", "conflicts", "claimed"))]
