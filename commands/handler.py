@@ -89,7 +89,6 @@ class HandlerConfig:
     max_rounds: int = 8
     backoff_s: float = 0.001
     reply_ttl_s: int = 120  # a reply nobody collected (the client gave up) expires from the bus
-    read_ahead_from: int = 64  # a batch this large means a backlog: read the next one while its script runs
 
     def __post_init__(self) -> None:
         assert 0 < self.batch_size <= 512, "a batch must fit one append call"
@@ -150,15 +149,6 @@ class Batch:
         return out
 
 
-@dataclass(slots=True)
-class ReadAhead:
-    """The next batch, read from the bus and parsed while the current batch's script ran."""
-
-    entries: list[Entry]
-    batch: Batch
-    requests: list[ParsedRequest]
-
-
 def _refusal(code: str, message: str, command_id: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": False, "code": code, "message": message}
     if command_id is not None:
@@ -204,15 +194,13 @@ class CommandHandler:
         self.auth = AuthService(client, keys=keys, vault=vault, server_id=server_id, sessions=self.sessions)
         self.counters: dict[str, int] = {
             "processed": 0, "events": 0, "rejected": 0, "refused": 0, "dead": 0, "dups": 0, "conflicts": 0,
-            "claimed": 0, "batches": 0, "read_ahead": 0,
+            "claimed": 0, "batches": 0,
         }
         self._ready = False
         self._recovering = True
         self._last_claim = 0.0
         self._claim_cursor = "0-0"
         self._commands_per_entry = 1.0
-        self._ahead: ReadAhead | None = None
-        self._draining = False
 
     # ------------------------------------------------------------------ reading
 
@@ -224,39 +212,25 @@ class CommandHandler:
                 publish_public_key(self.bus, self.keys, self.transport_key)
             self._ready = True
         try:
-            return self._poll(block_ms)
+            entries, counts = self._fetch(self.config.block_ms if block_ms == USE_CONFIGURED_BLOCK else block_ms)
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
             log.warning("%s: the consumer group vanished (Redis flushed?); creating it again", self.name)
             self._ready = False
             return 0
-
-    def _poll(self, block_ms: int | None) -> int:
-        ahead, self._ahead = self._ahead, None
+        if not entries:
+            return 0
         try:
-            if ahead is not None:
-                self._settle_ahead(ahead, read_ahead=True)
-                return len(ahead.entries)
-            entries, counts = self._fetch(self.config.block_ms if block_ms == USE_CONFIGURED_BLOCK else block_ms)
-            if not entries:
-                return 0
-            self.handle_entries(entries, counts, read_ahead=True)
+            self.handle_entries(entries, counts)
         except BaseException:
             self._recovering = True  # the batch stays pending: read it again first (stored outcomes dedupe it)
-            self._ahead = None  # so does a batch read ahead: it is among this consumer's pending entries
             raise
         return len(entries)
 
-    def drain(self) -> None:
-        """Before a graceful stop: settle the batch read ahead, if any, and read no further."""
-        self._draining = True
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            self._settle_ahead(ahead, read_ahead=False)
-
     def _fetch(self, block_ms: int | None) -> tuple[list[Entry], dict[str, int]]:
-        count = self._read_count()
+        # entries holding batches of commands: read fewer, so one poll settles well within the failover time
+        count = max(1, min(self.config.batch_size, round(self.config.commands_per_poll / self._commands_per_entry)))
         if self._recovering:
             entries = self.group.read_own_pending(count=count)
             if entries:
@@ -274,10 +248,6 @@ class CommandHandler:
                 return claimed.entries, claimed.delivery_counts
         return self.group.read_new(count=count, block_ms=block_ms), {}
 
-    def _read_count(self) -> int:
-        # entries holding batches of commands: read fewer, so one poll settles well within the failover time
-        return max(1, min(self.config.batch_size, round(self.config.commands_per_poll / self._commands_per_entry)))
-
     def _delivery_counts(self, entries: Sequence[Entry]) -> dict[str, int]:
         rows = self.bus.xpending_range(
             self.group.stream, GROUP, min=entries[0][0], max=entries[-1][0], count=len(entries) + 16,
@@ -291,24 +261,10 @@ class CommandHandler:
 
     # ------------------------------------------------------------------ one batch
 
-    def handle_entries(self, entries: Sequence[Entry], delivery_counts: dict[str, int] | None = None, *,
-                       read_ahead: bool = False) -> None:
+    def handle_entries(self, entries: Sequence[Entry], delivery_counts: dict[str, int] | None = None) -> None:
         """Settle a batch: every entry gets exactly one outcome and is acknowledged."""
         batch = Batch()
-        parsed = self._parse(entries, delivery_counts or {}, batch)
-        self._settle_and_finish(parsed, batch, read_ahead=read_ahead)
-
-    def _settle_ahead(self, ahead: ReadAhead, *, read_ahead: bool) -> None:
-        self._settle_and_finish(ahead.requests, ahead.batch, read_ahead=read_ahead)
-
-    def _settle_and_finish(self, parsed: list[ParsedRequest], batch: Batch, *, read_ahead: bool) -> None:
-        self.counters["batches"] += 1
-        if parsed:
-            self._settle(parsed, batch, read_ahead=read_ahead)
-        self._finish(batch)
-
-    def _parse(self, entries: Sequence[Entry], counts: dict[str, int], batch: Batch) -> list[ParsedRequest]:
-        """The requests of ``entries``; poison entries are dead-lettered and malformed requests answered."""
+        counts = delivery_counts or {}
         parsed: list[ParsedRequest] = []
         for entry_id, fields in entries:
             if not fields:  # deleted while pending (already settled): only the acknowledgement is missing
@@ -333,7 +289,10 @@ class CommandHandler:
                     self.counters["refused"] += 1
                     batch.answer(request, _refusal("malformed_request", request.error, request.command_id))
         self._commands_per_entry = max(1.0, len(parsed) / len(entries))
-        return parsed
+        self.counters["batches"] += 1
+        if parsed:
+            self._settle(parsed, batch)
+        self._finish(batch)
 
     def _dead_letter(
         self, entry_id: str, fields: dict[bytes, bytes], reason: str, batch: Batch, *, request_id: str | None = None
@@ -345,7 +304,7 @@ class CommandHandler:
         if request_id is not None:
             batch.reply(request_id, _refusal("malformed_request", reason))
 
-    def _settle(self, requests: list[ParsedRequest], batch: Batch, *, read_ahead: bool = False) -> None:
+    def _settle(self, requests: list[ParsedRequest], batch: Batch) -> None:
         now = self.clock()
         preload = self._preload(requests, now)
         works: list[Work] = []
@@ -361,8 +320,7 @@ class CommandHandler:
             if work is not None:
                 works.append(work)
         if works:
-            self._decide_and_append(works, now, batch, preload,
-                                    read_ahead=read_ahead and len(requests) >= self.config.read_ahead_from)
+            self._decide_and_append(works, now, batch, preload)
 
     def _preload(self, requests: list[ParsedRequest], now: float) -> Preload:
         """Sessions, stored outcomes and the touched accounts' state of a batch in ONE round trip.
@@ -449,8 +407,7 @@ class CommandHandler:
 
     # ------------------------------------------------------------------ deciding and appending
 
-    def _decide_and_append(self, works: list[Work], now: float, batch: Batch, preload: Preload | None = None, *,
-                           read_ahead: bool = False) -> None:
+    def _decide_and_append(self, works: list[Work], now: float, batch: Batch, preload: Preload | None = None) -> None:
         preload = preload or Preload()
         opens = [w for w in works if isinstance(w.request.command, OpenAccount)]
         unknown = [w for w in works if w.lock is None and w.request.command_id not in preload.outcomes]
@@ -492,8 +449,7 @@ class CommandHandler:
             else:
                 states = self._load(needed)
             round_works, live = live, []
-            for work, item, result in self._prepare_and_append(round_works, dict(states), occurred_at, batch,
-                                                               read_ahead=read_ahead and round_number == 0):
+            for work, item, result in self._prepare_and_append(round_works, dict(states), occurred_at, batch):
                 if result is None or result.status is AppendStatus.CONFLICT:
                     self.counters["conflicts"] += 1
                     live.append(work)
@@ -525,8 +481,7 @@ class CommandHandler:
         return prepared
 
     def _prepare_and_append(
-        self, works: list[Work], overlay: dict[int, AccountState], occurred_at: str, batch: Batch, *,
-        read_ahead: bool = False,
+        self, works: list[Work], overlay: dict[int, AccountState], occurred_at: str, batch: Batch
     ) -> list[tuple[Work, PreparedCommand | None, AppendResult | None]]:
         """Decide and append a round's commands in order, in chunks: the next chunk is decided while Redis runs
         the script for the current one, so the handler's CPU and Redis work at the same time.
@@ -559,8 +514,6 @@ class CommandHandler:
             send = [(work, item) for work, item in ready if still_valid(work)]
             pending = self.appender.send([item for _, item in send])
             try:
-                if read_ahead and send and index + 1 == len(chunks):
-                    self._read_ahead()
                 ready = prepare(chunks[index + 1]) if index + 1 < len(chunks) else []
             finally:
                 results = pending.results()
@@ -569,34 +522,6 @@ class CommandHandler:
                     poisoned.update(work.accounts)
                 out.append((work, item, result))
         return out
-
-    def _read_ahead(self) -> None:
-        """While Redis runs this batch's script (and syncs it to disk): read the next batch from the bus and parse
-        it, so the next poll starts with its preload.
-
-        Why: under a backlog a handler otherwise waits for its script, then reads and decrypts the next batch,
-        one after the other. Its preload is not read here: queued behind this script it would be older by the
-        time its own script runs, and with two handlers a stale account means a version conflict and the rest of
-        a customer's batch decided again (tried: twice the conflicts, no faster). Measured, whole bank batched,
-        alternating runs: 18,800-21,900 commands/s against 19,000-20,600 without. Not when recovering or when a
-        claim of idle entries is due (the next poll does those), nor once the worker drains for a stop. A
-        failure here costs only the read-ahead: entries already read stay pending for this consumer, and the
-        next poll reads its own pending entries first.
-        """
-        if self._ahead is not None or self._draining or self._recovering:
-            return
-        if time.monotonic() - self._last_claim >= self.config.claim_every_s:
-            return
-        try:
-            entries = self.group.read_new(count=self._read_count(), block_ms=None)
-            if entries:
-                batch = Batch()
-                self._ahead = ReadAhead(entries, batch, self._parse(entries, {}, batch))
-                self.counters["read_ahead"] += 1
-        except Exception:  # noqa: BLE001 - the batch in hand must not fail for the next one
-            log.warning("%s: reading the next batch ahead failed; it is read again", self.name, exc_info=True)
-            self._ahead = None
-            self._recovering = True
 
     def _give_up(self, works: list[Work], batch: Batch) -> None:
         """Settle commands that kept conflicting as ``conflict``, through the script like any outcome.

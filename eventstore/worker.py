@@ -89,17 +89,6 @@ class WorkerRunner:
         pipe.expire(self.keys.worker(self.name), HEARTBEAT_TTL_S)
         pipe.execute()
 
-    def _drain(self) -> None:
-        """A graceful stop: let the worker settle what it holds beyond the batch in hand (see ``drain``)."""
-        drain = getattr(self.worker, "drain", None)
-        if drain is None:
-            return
-        try:
-            drain()
-        except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as error:
-            log.warning("%s: could not settle what it read ahead (%s); a peer or the next start will", self.name,
-                        error)
-
     def run(self) -> int:
         """Loop until stopped (or, in burst mode, until an iteration finds nothing to do)."""
         delay = RETRY_DELAY_S
@@ -121,7 +110,6 @@ class WorkerRunner:
                     delay = min(delay * 2, MAX_RETRY_DELAY_S)
                 except redis.BusyLoadingError:
                     time.sleep(delay)
-            self._drain()
         except FatalWorkerError as error:
             log.error("%s: stopping: %s", self.name, error)
             exit_code = error.exit_code

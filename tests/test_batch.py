@@ -6,16 +6,13 @@ import secrets
 
 import orjson
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from commands.client import Request, batch_request, batch_results
 from commands.decide import Reason
-from commands.handler import CommandHandler
 from commands.requests import MAX_BATCH_COMMANDS
 from eventstore.log import last_seq
-from eventstore.worker import WorkerRunner
 from tests.helpers_bank import (
     admin_session,
     balances_from_log,
@@ -245,88 +242,3 @@ def test_the_handler_survives_a_redis_that_forgot_its_scripts(any_redis, keys, h
     request_id = send_batch(any_redis, keys, [money("Deposit", account=a, amount=250)], me)
     drain(handler)
     assert take_reply(any_redis, keys, request_id)["results"][0]["balance_cents"] == 250
-
-
-def _backlog(client, keys, handler, *, requests: int, commands: int) -> tuple[list[int], list[tuple[str, list]]]:
-    """``requests`` batch requests of ``commands`` transfers each, all queued before the handler reads any."""
-    accounts = open_accounts(client, keys, handler, 4, deposit_cents=100_000)
-    sent = []
-    for r in range(requests):
-        source = accounts[r % len(accounts)]
-        batch = [money("Transfer", account=source, to=accounts[(r + 1 + i) % len(accounts)] if
-                       accounts[(r + 1 + i) % len(accounts)] != source else accounts[(r + 2) % len(accounts)],
-                       amount=100 + i) for i in range(commands)]
-        sent.append((send_batch(client, keys, batch, session_for(client, keys, source)), batch))
-    return accounts, sent
-
-
-def _assert_each_settled_once(client, keys, sent, accounts) -> None:
-    for request_id, batch in sent:
-        reply = take_reply(client, keys, request_id)
-        assert reply is not None and client.llen(keys.reply(request_id)) == 0, "one reply per request"
-        assert [r["command_id"] for r in batch_results(reply, len(batch))] == [c.command_id for c in batch]
-    command_ids = [p["command_id"] for p in log_payloads(client, keys) if p["type"] == "MoneyTransferred"]
-    assert len(command_ids) == len(set(command_ids)) == sum(len(b) for _, b in sent)
-    assert sum(balances_from_log(log_payloads(client, keys)).values()) == 100_000 * len(accounts)
-    assert client.xlen(keys.commands) == 0 and client.xpending(keys.commands, "handlers")["pending"] == 0
-
-
-def test_under_a_backlog_the_next_batch_is_read_while_the_script_runs(any_redis, keys):
-    """Each poll settles one batch request and reads the next ahead; nothing is lost, doubled or reordered."""
-    handler = make_handler(any_redis, keys, read_ahead_from=8, batch_size=1)
-    accounts, sent = _backlog(any_redis, keys, handler, requests=5, commands=10)
-    assert handler.poll_once(block_ms=None) == 1
-    assert handler.counters["read_ahead"] == 1, "the second request was read while the first one's script ran"
-    assert take_reply(any_redis, keys, sent[1][0]) is None, "read ahead, not settled yet"
-    drain(handler)
-    assert handler.counters["read_ahead"] == 4 and handler.counters["batches"] == 5 + 8  # 8: opening the accounts
-    _assert_each_settled_once(any_redis, keys, sent, accounts)
-
-
-def test_a_small_batch_reads_nothing_ahead(any_redis, keys):
-    handler = make_handler(any_redis, keys, read_ahead_from=11, batch_size=1)
-    accounts, sent = _backlog(any_redis, keys, handler, requests=3, commands=10)
-    drain(handler)
-    assert handler.counters["read_ahead"] == 0
-    _assert_each_settled_once(any_redis, keys, sent, accounts)
-
-
-def test_a_graceful_stop_settles_the_batch_read_ahead(any_redis, keys):
-    handler = make_handler(any_redis, keys, read_ahead_from=8, batch_size=1)
-    accounts, sent = _backlog(any_redis, keys, handler, requests=2, commands=10)
-    runner = WorkerRunner(handler, client=any_redis, keys=keys, name="handler-1")
-    polls = []
-
-    def poll_then_stop() -> int:
-        polls.append(CommandHandler.poll_once(handler, block_ms=None))
-        runner._stop_requested = True  # what the first SIGTERM does
-        return polls[-1]
-
-    handler.poll_once = poll_then_stop
-    assert runner.run() == 0
-    assert polls == [1] and handler.counters["read_ahead"] == 1 and handler.counters["batches"] == 8 + 2
-    _assert_each_settled_once(any_redis, keys, sent, accounts)
-
-
-def test_a_failed_batch_drops_what_it_read_ahead_and_the_pending_list_settles_both(any_redis, keys):
-    """The replies of the first batch are lost once (the bus fails at the end); its entry and the one read ahead
-    stay pending, are read again first, and every command still has exactly one outcome."""
-    handler = make_handler(any_redis, keys, read_ahead_from=8, batch_size=1)
-    accounts, sent = _backlog(any_redis, keys, handler, requests=3, commands=10)
-    real_execute = handler.bus_direct.execute
-    calls = []
-
-    def lose_the_first_replies(commands):
-        if any(command[0] == "RPUSH" for command in commands):  # the replies and acknowledgements
-            calls.append(len(commands))
-            if len(calls) == 1:
-                raise redis.ConnectionError("bus went away")
-        return real_execute(commands)
-
-    handler.bus_direct.execute = lose_the_first_replies
-    with pytest.raises(redis.ConnectionError):
-        handler.poll_once(block_ms=None)
-    assert handler.counters["read_ahead"] == 1 and handler._ahead is None
-    drain(handler)
-    assert handler.counters["dups"] >= 10, "the first batch was settled again from its stored outcomes"
-    _assert_each_settled_once(any_redis, keys, sent, accounts)
