@@ -1,8 +1,8 @@
 """What ``bankctl bench`` observes besides the clients: worker memory, Redis memory, projector lag, work split.
 
 Everything here only reads: ``/proc/<pid>/status`` for resident memory, ``/proc/<pid>/stat`` for CPU time,
-``INFO memory`` for Redis, the
-projectors' SQLite checkpoints (read-only) against the log head for lag, and the workers' heartbeat counters.
+``INFO memory`` for Redis, the projectors' SQLite checkpoints (read-only) against the log head for lag, and the
+workers' heartbeat counters.
 """
 
 from __future__ import annotations
@@ -71,15 +71,12 @@ class CpuMeter:
         self.commands += commands
 
     def rows(self) -> list[dict[str, Any]]:
-        """Microseconds of CPU per command by process, and the share of the whole."""
+        """Microseconds of CPU per command by process and their share of the whole, then the whole."""
         total = sum(self.used.values())
-        rows = [{"process": name, "us_per_command": round(used / self.commands * 1e6, 1) if self.commands else 0.0,
-                 "share": round(used / total, 3) if total else 0.0} for name, used in self.used.items()]
         cores = total / self.wall_s if self.wall_s else 0.0
-        rows.append({"process": f"all (cores busy: {cores:.2f})",
-                     "us_per_command": round(total / self.commands * 1e6, 1) if self.commands else 0.0,
-                     "share": 1.0 if total else 0.0})
-        return rows
+        used = {**self.used, f"all (cores busy: {cores:.2f})": total}
+        return [{"process": name, "us_per_command": round(seconds / self.commands * 1e6, 1) if self.commands else 0.0,
+                 "share": round(seconds / total, 3) if total else 0.0} for name, seconds in used.items()]
 
 
 def redis_used_memory(client: redis.Redis) -> int:

@@ -66,18 +66,16 @@ def _thread_niceness(pid: int) -> dict[int, int]:
 
 
 def _assert_followers_yield_to_the_command_path(supervisor: int, workers: dict[str, int]) -> None:
-    """The followers apply the log at nice 10, the handlers and a projector's query thread at 0, and all share
+    """The followers apply the log 10 nicer than the handlers and a projector's query thread, and all share
     the supervisor's session: the kernel ranks threads by niceness only inside one session (autogroup)."""
     assert {os.getsid(pid) for pid in workers.values()} == {os.getsid(supervisor)}
+    normal = _thread_niceness(supervisor)[supervisor]  # what the workers start with (a niced CI runner: not 0)
     for name, pid in workers.items():
         niceness = _thread_niceness(pid)
         main_thread = niceness.pop(pid)
-        if name.startswith("handler"):
-            assert main_thread == 0, name
-        else:
-            assert main_thread == 10, name
+        assert main_thread == (normal if name.startswith("handler") else min(19, normal + 10)), name
         if name.startswith("projector"):
-            assert 0 in niceness.values(), f"{name}: the query thread must keep the normal priority"
+            assert normal in niceness.values(), f"{name}: the query thread must keep the normal priority"
 
 
 def test_up_in_the_foreground_stops_everything_on_ctrl_c(bankctl, tmp_path):
