@@ -22,7 +22,13 @@ from eventstore.envelope import utc_timestamp
 from eventstore.keys import KEYS, Keys
 from eventstore.log import LogFollower
 from eventstore.seals import GENESIS, LEAF_BYTES, extend_chain, last_seal, load_signing_key, sign_seal, verify_seal
-from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging, yield_cpu_to_commands
+from eventstore.worker import (
+    LAST_IN_LINE_NICE,
+    FatalWorkerError,
+    WorkerRunner,
+    configure_logging,
+    yield_cpu_to_commands,
+)
 
 log = logging.getLogger("bank.sealer")
 
@@ -142,7 +148,7 @@ class Sealer:
 def main(*, redis_url: str, bus_url: str | None = None, data_dir: Path, name: str = "sealer", keys: Keys = KEYS,
          **_options: object) -> int:
     configure_logging()
-    yield_cpu_to_commands()  # seals may lag a second behind the log; commands may not
+    yield_cpu_to_commands(default=LAST_IN_LINE_NICE)  # seals may lag a second behind the log; commands may not
     key_path = Path(data_dir) / "signing.key"
     try:
         private_key = load_signing_key(key_path)

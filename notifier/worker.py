@@ -33,7 +33,13 @@ from eventstore.groups import ConsumerGroup, Entry
 from eventstore.keys import KEYS, Keys
 from eventstore.log import last_seq
 from eventstore.pii import PersonalDataVault, load_master_key
-from eventstore.worker import FatalWorkerError, WorkerRunner, configure_logging, yield_cpu_to_commands
+from eventstore.worker import (
+    LAST_IN_LINE_NICE,
+    FatalWorkerError,
+    WorkerRunner,
+    configure_logging,
+    yield_cpu_to_commands,
+)
 from notifier.delivery import (
     Failure,
     Ledger,
@@ -337,7 +343,7 @@ def main(
 ) -> int:
     """Run one notifier until stopped; returns the exit code (0 clean stop, 2 bad configuration, 4 auth)."""
     configure_logging()
-    yield_cpu_to_commands(environ)  # an SMS may wait a moment; a command should not
+    yield_cpu_to_commands(environ, default=LAST_IN_LINE_NICE)  # an SMS may wait a moment; a command should not
     data_dir = Path(data_dir)
     try:
         master_key = load_master_key(data_dir / "master.key")

@@ -66,14 +66,16 @@ def _thread_niceness(pid: int) -> dict[int, int]:
 
 
 def _assert_followers_yield_to_the_command_path(supervisor: int, workers: dict[str, int]) -> None:
-    """The followers apply the log 10 nicer than the handlers and a projector's query thread, and all share
-    the supervisor's session: the kernel ranks threads by niceness only inside one session (autogroup)."""
+    """The projectors apply the log 10 nicer than the handlers and a projector's query thread, the notifier and
+    the sealer 19 nicer, and all share the supervisor's session: the kernel ranks threads by niceness only inside
+    one session (autogroup)."""
     assert {os.getsid(pid) for pid in workers.values()} == {os.getsid(supervisor)}
     normal = _thread_niceness(supervisor)[supervisor]  # what the workers start with (a niced CI runner: not 0)
     for name, pid in workers.items():
         niceness = _thread_niceness(pid)
         main_thread = niceness.pop(pid)
-        assert main_thread == (normal if name.startswith("handler") else min(19, normal + 10)), name
+        nicer = 0 if name.startswith("handler") else 10 if name.startswith("projector") else 19
+        assert main_thread == min(19, normal + nicer), name
         if name.startswith("projector"):
             assert normal in niceness.values(), f"{name}: the query thread must keep the normal priority"
 
