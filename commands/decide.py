@@ -8,9 +8,9 @@ enveloped: deciders see and emit plaintext, no event is ever stored with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -54,14 +54,15 @@ class Reason(StrEnum):
 PERMISSION_REASONS = frozenset({Reason.NOT_PERMITTED, Reason.UNAUTHENTICATED, Reason.INVALID_PROOF})
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+# Named tuples, not frozen dataclasses: as immutable, and cheaper to build (see eventstore.append).
+
+
+class Rejection(NamedTuple):
     reason: Reason
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class EventDraft:
+class EventDraft(NamedTuple):
     """An event before the handler gives it an id, a time and a seq."""
 
     type: str
@@ -69,15 +70,13 @@ class EventDraft:
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     events: tuple[EventDraft, ...]
     new_states: dict[int, AccountState]
-    reply: dict[str, Any] = field(default_factory=dict)
+    reply: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
     """What the handler knows that a pure function may not fetch: who asks, and a fresh account id."""
 
     actor: Principal

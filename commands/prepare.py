@@ -7,8 +7,7 @@ the deciders emit plaintext, nothing here lets it reach an event or a Redis key 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,8 +25,7 @@ PERSONAL_EVENT_FIELDS = frozenset({"ssn", "phone", "first_name", "last_name", "p
 SEALED_STATE_FIELDS = {"cred_key": "public_key"}
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """Who caused a command and when: the parts of every envelope that do not come from the decider."""
 
     command_id: str

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 import redis
 
@@ -39,9 +40,9 @@ EXIT_CONFIG = 2
 MessageKey = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One SMS for one recipient about one event."""
+class Message(NamedTuple):
+    """One SMS for one recipient about one event (a named tuple: one per message, three times cheaper to build
+    than a frozen dataclass and as immutable)."""
 
     event_id: str
     account: int
@@ -68,8 +69,7 @@ class Status(StrEnum):
     """An earlier message of the batch failed; this one was left for the next round."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     message: Message
     status: Status
     ref: str = ""

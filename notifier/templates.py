@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from commands.money import format_cents
 
@@ -23,8 +22,7 @@ NOTIFIED_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
+class Notice(NamedTuple):
     """One message to one account holder about one event (before the phone number is looked up)."""
 
     account: int

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import orjson
 import pytest
 
@@ -125,9 +123,9 @@ def test_versions_chain_through_a_batch_whatever_the_fields(any_redis, keys):
     untouched = PreparedCommand(keys.command_outcome("n"),
                                 [AccountWrite(account, 0, {"note": "x"}), AccountWrite(keys.account(2), 0)],
                                 [_event(keys, "n", 1, 0, 1)], b"n", None)
-    one = replace(_deposit(keys, "one", 1, 0, 0), accounts=[AccountWrite(account, 0, {"version": 1})])
-    many = replace(_deposit(keys, "many", 1, 1, 0),
-                   accounts=[AccountWrite(account, 1, {"a": 1, "version": 2, "b": "", "c": 3})])
+    one = _deposit(keys, "one", 1, 0, 0)._replace(accounts=[AccountWrite(account, 0, {"version": 1})])
+    many = _deposit(keys, "many", 1, 1, 0)._replace(
+        accounts=[AccountWrite(account, 1, {"a": 1, "version": 2, "b": "", "c": 3})])
     stale = _deposit(keys, "stale", 1, 1, 5)
     fresh = _deposit(keys, "fresh", 1, 2, 300)
     results = appender.append([rejection, untouched, one, many, stale, fresh])
