@@ -32,7 +32,7 @@ def parse_amount(text: str) -> int:
 
 
 def format_cents(cents: int) -> str:
-    """``1230`` -> ``"12.30"``; ``-5`` -> ``"-0.05"``."""
-    sign = "-" if cents < 0 else ""
-    whole, frac = divmod(abs(cents), 100)
-    return f"{sign}{whole}.{frac:02d}"
+    """``1230`` -> ``"12.30"``; ``-5`` -> ``"-0.05"``. (Every reply and SMS formats amounts: no ``divmod``.)"""
+    if cents < 0:
+        return "-" + format_cents(-cents)
+    return f"{cents // 100}.{cents % 100:02d}"

@@ -54,7 +54,7 @@ from notifier.delivery import (
 from notifier.directory import ContactDirectory, ContactUnreadable, DirectoryGap
 from notifier.senders import Sender, SenderNotConfigured, sender_from_env
 from notifier.status import DEAD_NAME, GROUP
-from notifier.templates import Notice, notices_for
+from notifier.templates import notices_for, recipients
 
 log = logging.getLogger("bank.notifier")
 
@@ -69,6 +69,9 @@ LINGER_S = 0.05
 """After a read that found the notifier at the head, wait this long before the next: see :meth:`Notifier._linger`."""
 
 assert BLOCK_MS < MAX_BLOCK_MS
+
+
+Fields = dict[bytes, bytes]
 
 
 @dataclass(slots=True)
@@ -179,48 +182,69 @@ class Notifier:
     def _admit(self, entries: Sequence[Entry], now: float) -> None:
         # The entries just read are the log itself: the directory takes them as they are, and reads the log only
         # for what they do not cover (a gap before claimed or redelivered entries).
+        seqs = [_seq_of(entry_id) for entry_id, _ in entries]
         self.directory.apply_entries_while_contiguous(
-            (_seq_of(entry_id), fields[b"type"], fields[b"body"]) for entry_id, fields in entries
+            (seq, fields[b"type"], fields[b"body"]) for seq, (_, fields) in zip(seqs, entries, strict=True)
             if b"type" in fields and b"body" in fields)
-        self._catch_up(max(_seq_of(e[0]) for e in entries))
+        self._catch_up(max(seqs))
         done: list[str] = []
-        readable: list[tuple[str, dict[str, Any], str, list[Notice]]] = []
-        for entry_id, fields in entries:
+        readable: list[tuple[str, Fields, int, dict[str, Any], tuple[int, ...]]] = []
+        for seq, (entry_id, fields) in zip(seqs, entries, strict=True):
             self.counters["events"] += 1
             try:
                 payload = orjson.loads(fields[b"body"])
-                notices = notices_for(payload["type"], payload["data"], payload["occurred_at"])
-                readable.append((entry_id, payload, str(payload["event_id"]), notices))
+                readable.append((entry_id, fields, seq, payload, recipients(payload["type"], payload["data"])))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as error:
-                log.error("%s: unreadable event %s dead-lettered: %r", self.consumer, entry_id, error)
-                self.group.dead_letter(self.dead_stream, entry_id, fields, f"unreadable event: {error!r}")
-                self.counters["dead"] += 1
-        self.directory.prefetch_phones({notice.account for *_, notices in readable for notice in notices})
-        for entry_id, payload, event_id, notices in readable:
+                self._unreadable(entry_id, fields, error)
+        self.directory.prefetch_phones({account for *_, accounts in readable for account in accounts})
+        for entry_id, fields, seq, payload, accounts in readable:
+            if not accounts:
+                done.append(entry_id)
+                continue
+            try:
+                event_id, event_type, occurred_at = str(payload["event_id"]), str(payload["type"]), \
+                    str(payload["occurred_at"])
+                phones = self._phones(accounts, seq, event_id, event_type, entry_id, occurred_at)
+                notices = notices_for(event_type, payload["data"], occurred_at, only=phones) if phones else []
+            except (KeyError, TypeError, ValueError) as error:
+                self._unreadable(entry_id, fields, error)
+                continue
             waiting: set[MessageKey] = set()
-            seq, event_type, occurred_at = _seq_of(entry_id), str(payload["type"]), str(payload["occurred_at"])
             for notice in notices:
-                unreadable: str | None = None
-                try:
-                    phone = self.directory.phone_for(notice.account, seq)
-                except ContactUnreadable as error:
-                    phone, unreadable = "", str(error)
-                if phone is None:
-                    self.counters["skipped"] += 1
-                    continue
-                message = Message(event_id=event_id, account=notice.account, seq=seq, event_type=event_type,
-                                  entry_id=entry_id, occurred_at=occurred_at, to=phone, body=notice.body)
-                if unreadable is not None:
-                    self._dead(message, Failure(Verdict.PERMANENT, "contact_unreadable", unreadable), 0)
-                    continue
-                if message.key not in self._jobs:
-                    self._jobs[message.key] = _Job(message, due=now)
-                waiting.add(message.key)
+                message = Message(event_id, notice.account, seq, event_type, entry_id, occurred_at,
+                                  phones[notice.account], notice.body)
+                key = (event_id, notice.account)
+                if key not in self._jobs:
+                    self._jobs[key] = _Job(message, due=now)
+                waiting.add(key)
             if waiting:
                 self._open[entry_id] = waiting
             else:
                 done.append(entry_id)
         self.group.ack(done)
+
+    def _phones(self, accounts: tuple[int, ...], seq: int, event_id: str, event_type: str, entry_id: str,
+                occurred_at: str) -> dict[int, str]:
+        """The numbers to text about one event, by account; the others are counted as skipped (or dead-lettered
+        when their number cannot be opened). Texts are then built only for these accounts."""
+        phones: dict[int, str] = {}
+        for account in accounts:
+            try:
+                phone = self.directory.phone_for(account, seq)
+            except ContactUnreadable as error:
+                message = Message(event_id, account, seq, event_type, entry_id, occurred_at, "", "")
+                self._dead(message, Failure(Verdict.PERMANENT, "contact_unreadable", str(error)), 0)
+                continue
+            if phone is None:
+                self.counters["skipped"] += 1
+            else:
+                phones[account] = phone
+        return phones
+
+    def _unreadable(self, entry_id: str, fields: Fields, error: Exception) -> None:
+        log.error("%s: unreadable event %s dead-lettered: %r", self.consumer, entry_id, error)
+        self.group.dead_letter(self.dead_stream, entry_id, fields, f"unreadable event: {error!r}")
+        self.counters["dead"] += 1
 
     # -- sending -------------------------------------------------------------------------------------------------
 

@@ -19,6 +19,14 @@ def test_round_trip_with_format_cents(cents):
     assert parse_amount(format_cents(cents)) == cents
 
 
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_format_cents_shows_every_cent_and_the_sign(cents):
+    text = format_cents(cents)
+    assert re.fullmatch(r"-?(0|[1-9][0-9]*)\.[0-9]{2}", text)
+    assert text.startswith("-") == (cents < 0)
+    assert int(text.replace(".", "")) == cents
+
+
 @given(st.integers(min_value=1, max_value=MAX_AMOUNT_CENTS), st.sampled_from(["", ".0", ".00"]))
 def test_whole_amounts_in_every_spelling(whole_cents, suffix):
     whole = whole_cents // 100 or 1
