@@ -96,6 +96,7 @@ class WorkerRunner:
         # Everything built so far (modules, schemas, clients) lives as long as the process: moved out of the
         # collector's reach, a full collection no longer walks it (measured 20-25 ms pauses in a handler before).
         gc.freeze()
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
         try:
             while not self._stop_requested:
                 try:
@@ -121,6 +122,13 @@ class WorkerRunner:
                 pass
         return exit_code
 
+
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations between two young-generation collections (Python's default: 700). A worker's batch builds
+thousands of short-lived dicts and tuples (decoded events, prepared commands); with the default, the collector
+ran several times per batch and moved objects still in use to older generations, to be walked again later.
+Measured with a probe on the collector's callbacks during a projector's catch-up: 4-5% of the handlers' and
+the projector's CPU with the default, 1.5-2% with this."""
 
 BACKGROUND_NICE_ENV = "BANKCTL_BACKGROUND_NICE"
 DEFAULT_BACKGROUND_NICE = 10
