@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import redis
 
-from eventstore.direct import DirectConnection, single_stream_entries
+from eventstore.direct import DirectConnection
 from eventstore.envelope import StoredEvent
 from eventstore.keys import Keys
 
@@ -30,6 +30,23 @@ def _decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StoredEv
         raise LogCorrupted(f"log entry {entry_id!r} is malformed: {error!r}") from error
     entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return StoredEvent(entry_id=entry, seq=seq, type=event_type, body=body)
+
+
+_LAYOUT = (b"seq", b"type", b"body")
+
+
+def _decode_flat(entry_id: bytes | str, flat: list[bytes] | None) -> StoredEvent:
+    """An entry as XREAD returns it (``[field, value, ...]``). The append script always writes ``seq``, ``type``,
+    ``body`` in that order, so they are read by position, without a dict per entry (three followers read every
+    event); any other layout takes the general path, which checks it."""
+    if flat is not None and len(flat) == 6 and (flat[0], flat[2], flat[4]) == _LAYOUT:
+        try:
+            entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            return StoredEvent(entry, int(flat[1]), flat[3].decode(), flat[5])
+        except (ValueError, UnicodeDecodeError) as error:
+            raise LogCorrupted(f"log entry {entry_id!r} is malformed: {error!r}") from error
+    values = iter(flat or ())
+    return _decode_entry(entry_id, dict(zip(values, values, strict=False)))
 
 
 def last_seq(client: redis.Redis, keys: Keys) -> int:
@@ -88,7 +105,10 @@ class LogFollower:
         if block_ms is not None:
             command += ["BLOCK", block_ms]
         response = self._direct.call(*command, "STREAMS", self._stream, f"{after_seq}-0")
-        return [_decode_entry(entry_id, fields) for entry_id, fields in single_stream_entries(response)]
+        if not response:
+            return []
+        raw = next(iter(response.values())) if isinstance(response, dict) else response[0][1]
+        return [_decode_flat(entry_id, flat) for entry_id, flat in raw]
 
     def release(self) -> None:
         """Give the connection back to the client's pool."""

@@ -7,7 +7,7 @@ import redis
 
 from bankctl.embedded_redis import RedisProcess
 from eventstore.direct import DirectConnection, single_stream_entries
-from eventstore.log import LogFollower
+from eventstore.log import LogCorrupted, LogFollower
 
 
 def test_replies_come_back_in_order(any_redis: redis.Redis) -> None:
@@ -77,3 +77,17 @@ def test_a_released_connection_goes_back_to_the_pool(redis_server: RedisProcess,
     held.release()
     assert client.ping()
     client.close()
+
+
+def test_the_log_follower_reads_any_field_order_and_refuses_malformed_entries(any_redis: redis.Redis, keys) -> None:
+    any_redis.xadd(keys.events, {b"seq": b"1", b"type": b"MoneyDeposited", b"body": b"{}"}, id="1-0")
+    any_redis.xadd(keys.events, {b"body": b"{2}", b"type": b"MoneyWithdrawn", b"seq": b"2"}, id="2-0")
+    events = LogFollower(any_redis, keys).read_after(0)
+    assert [(e.entry_id, e.seq, e.type, e.body) for e in events] == [
+        ("1-0", 1, "MoneyDeposited", b"{}"), ("2-0", 2, "MoneyWithdrawn", b"{2}")]
+    for fields in ({b"seq": b"x", b"type": b"T", b"body": b"{}"}, {b"seq": b"3", b"type": b"T"},
+                   {b"seq": b"3", b"type": b"\xff", b"body": b"{}"}):
+        any_redis.delete(keys.events)
+        any_redis.xadd(keys.events, fields, id="3-0")
+        with pytest.raises(LogCorrupted):
+            LogFollower(any_redis, keys).read_after(0)
