@@ -30,7 +30,12 @@ from projections.store import RowCache, body_digest, write_batch
 
 log = logging.getLogger("bank.projector")
 
-LIVE_BATCH = 1000
+LIVE_BATCH = 4000
+"""Most events one transaction applies. A projector behind the head (under a burst) catches up in big
+transactions: each commit rewrites every page it touched (account rows, the history index, spread over the whole
+file), so fewer commits write fewer pages per event. Measured: 4,000 instead of 1,000 cut the projector's CPU per
+event by 10-15% (catch-up and whole bank, alternating runs); the lag during a burst stayed under 0.6 s on a slow
+host."""
 LIVE_BLOCK_MS = 1000
 LINGER_FROM_EVENTS = 64
 """A live read that brought at least this many events means the log is busy: wait ``LINGER_S`` before the next."""
