@@ -328,9 +328,9 @@ class CommandHandler:
         round trip.
 
         Only an ``OpenAccount`` is checked for a first outcome before it is decided: it creates the new
-        customer's data key before the script runs, which a resend must not do again. Every other command goes to the script,
-        which finds a resend's outcome itself; checking all of them here cost the log's Redis an MGET key per
-        command (about 3% of its CPU) for the rare resend.
+        customer's data key before the script runs, which a resend must not do again. Every other command goes
+        to the script, which finds a resend's outcome itself; checking all of them here cost the log's Redis an
+        MGET key per command (about 3% of its CPU) for the rare resend.
 
         Read before authorization (read-only, so harmless for a request that is then refused); the first
         decision round uses these states, later rounds reload. New account ids are still drawn only for

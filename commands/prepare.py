@@ -68,10 +68,19 @@ _STATE_FIELDS = (("balance", "balance"), ("status", "status"), ("role", "role"),
                  ("sms", "sms_opt_in"), ("cred_salt", "cred_salt"), ("cred_kdf", "cred_kdf"), ("cred_key", "cred_key"))
 
 
+# The attributes after ``balance`` in AccountState are every other stored field: compared at once on the hot path.
+_AFTER_BALANCE = slice(AccountState._fields.index("balance") + 1, None)
+assert set(AccountState._fields[_AFTER_BALANCE]) == {attribute for _, attribute in _STATE_FIELDS} - {"balance"}
+
+
 def changed_fields(vault: PersonalDataVault, before: AccountState, after: AccountState) -> dict[str, str | int]:
     """The hash fields to write: everything for a new account, else only what changed; secrets sealed."""
     if before.exists:
         new: dict[str, str | int] = {"version": after.version}
+        if before[_AFTER_BALANCE] == after[_AFTER_BALANCE]:  # the money path: one tuple comparison
+            if after.balance != before.balance:
+                new["balance"] = after.balance
+            return new
         for name, attribute in _STATE_FIELDS:
             value = getattr(after, attribute)
             if value != getattr(before, attribute):
