@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import redis
 from eventstore.envelope import parse_utc_timestamp
 from eventstore.keys import Keys
 from eventstore.log import head as log_head
+from eventstore.log import read_range
 
 LAG_SAMPLE_EVERY_S = 0.1
 
@@ -111,8 +112,10 @@ def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
 class LagSampler:
     """Samples every projector's lag behind the log head in a thread while a load runs.
 
-    Lag in events is ``head - checkpoint``; lag in seconds is the event time of the head minus the event time
-    of the checkpoint (0 when caught up), as ``bankctl projections status`` reports it.
+    Lag in events is ``head - checkpoint``; lag in seconds is the age of the oldest event the database has
+    not applied (0 when caught up): how stale a read from it can be. (The event time of the head minus that of
+    the checkpoint, which ``bankctl projections status`` shows, counts the quiet time before a burst as lag: a
+    sample taken just after the burst's first append, before the projector woke, read as the whole pause.)
     """
 
     client: redis.Redis
@@ -135,18 +138,25 @@ class LagSampler:
     def _run(self) -> None:
         while not self._stop.wait(LAG_SAMPLE_EVERY_S):
             try:
-                head_seq, head_at = head(self.client, self.keys)
+                head_seq, _ = head(self.client, self.keys)
             except redis.RedisError:
                 continue
             for name, path in self.databases.items():
                 found = checkpoint(path)
                 if found is None:
                     continue
-                seq, at = found
+                seq, _ = found
                 lag = max(0, head_seq - seq)
                 self.events.setdefault(name, []).append(lag)
-                seconds = (head_at - at).total_seconds() if lag and head_at and at else 0.0
-                self.seconds.setdefault(name, []).append(max(0.0, seconds))
+                self.seconds.setdefault(name, []).append(self._oldest_unapplied_age(seq) if lag else 0.0)
+
+    def _oldest_unapplied_age(self, checkpoint_seq: int) -> float:
+        try:
+            found = read_range(self.client, self.keys, checkpoint_seq + 1, checkpoint_seq + 1, count=1)
+        except redis.RedisError:
+            return 0.0
+        occurred = parse_utc_timestamp(found[0].payload().get("occurred_at")) if found else None
+        return max(0.0, (datetime.now(UTC) - occurred).total_seconds()) if occurred else 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}

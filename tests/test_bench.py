@@ -9,7 +9,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from bankctl.bench_probe import CpuMeter
+from bankctl.bench_probe import CpuMeter, LagSampler
 from bankctl.bench_suite import BenchOptions, paced_clients, run_bench
 from bankctl.cmd_bench import bench, render
 
@@ -101,3 +101,28 @@ def test_the_cpu_meter_counts_the_cpu_a_process_used_per_command():
     [whole] = set(rows) - {"me", "gone"}
     assert rows[whole]["us_per_command"] == rows["me"]["us_per_command"] and rows["me"]["share"] == 1.0
     assert 0 < float(whole.removeprefix("all (cores busy: ").rstrip(")")) <= 1.2
+
+
+def test_projector_lag_is_the_age_of_the_oldest_unapplied_event_not_the_pause_before_it(fake_redis, keys, tmp_path):
+    """A burst after ten quiet seconds: the database is one event behind, and that event is fresh."""
+    from datetime import UTC, datetime, timedelta
+
+    from eventstore.envelope import utc_timestamp
+    from projections.schema import connect
+
+    now = datetime.now(UTC)
+    for seq, at in ((1, now - timedelta(seconds=10)), (2, now)):
+        body = orjson.dumps({"seq": seq, "type": "MoneyDeposited", "occurred_at": utc_timestamp(at)})
+        fake_redis.xadd(keys.events, {b"seq": str(seq), b"type": b"MoneyDeposited", b"body": body}, id=f"{seq}-0")
+    path = tmp_path / "database1.db"
+    conn = connect(path)
+    conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                     [("checkpoint", "1"), ("checkpoint_at", utc_timestamp(now - timedelta(seconds=10)))])
+    conn.close()
+    sampler = LagSampler(fake_redis, keys, {"database1": path})
+    sampler.start()
+    time.sleep(0.35)
+    sampler.stop()
+    lag = sampler.summary()["database1"]
+    assert lag["samples"] >= 2 and lag["max_events"] == 1
+    assert 0.0 < lag["max_s"] < 5.0  # the event waiting is a fraction of a second old, not the 10 s pause
