@@ -87,6 +87,17 @@ class Terminal:
         self.answer("Account number: ", str(account))
         self.answer("Password: ", password)
 
+    def interrupt(self, then: str) -> None:
+        """Ctrl-C, then wait for ``then``. If 5 s pass with nothing printed but the echoed ``^C``, a second Ctrl-C,
+        as a person would press: CPython's readline loop misses a SIGINT that lands between its check for signals
+        and its ``select`` (it then waits for the next key; python/cpython#112585). Seen once in many runs, on a
+        loaded host."""
+        self.child.sendintr()
+        if self.child.expect([then, pexpect.TIMEOUT], timeout=5) == 1:
+            assert self.child.before.strip() in ("", "^C"), self.transcript
+            self.child.sendintr()
+            self.child.expect(then)
+
     def quit(self) -> None:
         self.pick("Main menu", 2)
         self.expect("Goodbye.")
@@ -230,8 +241,7 @@ def test_ctrl_c_ctrl_d_and_empty_answers_go_back_one_level(bank, terminal):
     before = term.expect(r"balance (\d+\.\d\d) \(open\)").group(1)
     term.pick(menu, 2)
     term.expect(r"Amount to deposit \(like 12\.50\): ")
-    term.child.sendintr()  # Ctrl-C in a form: back to the menu, nothing sent
-    term.expect("Cancelled.")
+    term.interrupt(then="Cancelled.")  # Ctrl-C in a form: back to the menu, nothing sent
     term.pick(menu, 4)
     term.expect("To account number: ")
     term.child.sendeof()  # Ctrl-D in a form
@@ -246,8 +256,7 @@ def test_ctrl_c_ctrl_d_and_empty_answers_go_back_one_level(bank, terminal):
     term.expect("Logged out.")
     term.pick("Main menu", 1)
     term.expect("Account number: ")
-    term.child.sendintr()  # Ctrl-C at the login form
-    term.expect("Cancelled.")
+    term.interrupt(then="Cancelled.")  # Ctrl-C at the login form
     term.log_in(bank["bob"], "")  # an empty password is no login attempt
     term.expect("Cancelled.")
     term.expect(r"Choose \[1-2\]: ")
