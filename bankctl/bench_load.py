@@ -169,12 +169,17 @@ class PreparedBatch(NamedTuple):
     commands: list[Request]
 
 
+def batch_size(window: int) -> int:
+    """Commands per batch request of a batched run with ``window`` commands in flight per client."""
+    return min(BATCH_COMMANDS, max(1, window))
+
+
 def prepare_batches(rng: random.Random, own: list[tuple[int, str]], everyone: list[int], *, operations: int,
                     window: int) -> list[PreparedBatch]:
     """Every batch request of a batched run (one customer's commands each), built before it starts, for the
     reason given in :func:`prepare_open_loop`: choosing, encoding and signing them took about a twentieth of
     the two cores during the run."""
-    size = min(BATCH_COMMANDS, max(1, window))
+    size = batch_size(window)
     out = []
     for done in range(0, operations, size):
         account, token = own[rng.randrange(len(own))]
@@ -189,7 +194,7 @@ def _run_batches(stats: ClientStats, bank: BankClient, keys: Keys, batches: list
     """Send prepared batch requests with ``window`` commands in flight: a new batch goes out as soon as the oldest
     one is answered. Latency is per batch, from its send to its reply."""
     in_flight: deque[tuple[PreparedBatch, float]] = deque()
-    depth = max(1, window // min(BATCH_COMMANDS, max(1, window)))
+    depth = max(1, window // batch_size(window))
     waiting = deque(batches)
     while waiting or in_flight:
         while waiting and len(in_flight) < depth:

@@ -90,8 +90,8 @@ def head(client: redis.Redis, keys: Keys) -> tuple[int, datetime | None]:
     return seq, parse_utc_timestamp(occurred_at)
 
 
-def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
-    """A projector database's checkpoint and the time of its event (read-only); ``None`` when unreadable."""
+def checkpoint(path: Path) -> int | None:
+    """A projector database's checkpoint (read-only); ``None`` when unreadable."""
     from projections.schema import DatabaseUnusable, open_readonly, read_checkpoint
 
     try:
@@ -99,13 +99,11 @@ def checkpoint(path: Path) -> tuple[int, datetime | None] | None:
     except DatabaseUnusable:
         return None
     try:
-        seq = read_checkpoint(conn)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'checkpoint_at'").fetchone()
+        return read_checkpoint(conn)
     except Exception:  # noqa: BLE001 - a database being created or swapped: skip this sample
         return None
     finally:
         conn.close()
-    return seq, parse_utc_timestamp(row[0] if row else None)
 
 
 @dataclass
@@ -142,10 +140,9 @@ class LagSampler:
             except redis.RedisError:
                 continue
             for name, path in self.databases.items():
-                found = checkpoint(path)
-                if found is None:
+                seq = checkpoint(path)
+                if seq is None:
                     continue
-                seq, _ = found
                 lag = max(0, head_seq - seq)
                 self.events.setdefault(name, []).append(lag)
                 self.seconds.setdefault(name, []).append(self._oldest_unapplied_age(seq) if lag else 0.0)
@@ -178,7 +175,7 @@ def wait_caught_up(client: redis.Redis, keys: Keys, databases: dict[str, Path], 
     target, _ = head(client, keys)
     while time.monotonic() - began < timeout_s:
         done = [checkpoint(p) for p in databases.values()]
-        if all(d is not None and d[0] >= target for d in done):
+        if all(seq is not None and seq >= target for seq in done):
             return time.monotonic() - began
         time.sleep(0.05)
     raise RuntimeError(f"projectors did not reach seq {target} within {timeout_s:.0f}s")

@@ -22,7 +22,7 @@ from typing import Any
 
 from auth_zkp.principal import Principal
 from bankctl.bench_env import BenchBank, start_bench_bank
-from bankctl.bench_load import BATCH_COMMANDS, ClientStats, open_accounts, percentile, run_clients
+from bankctl.bench_load import ClientStats, batch_size, open_accounts, percentile, run_clients
 from bankctl.bench_probe import (
     CpuMeter,
     LagSampler,
@@ -68,7 +68,7 @@ def window_label(mode: str, options: BenchOptions) -> str:
     """How a windowed run's requests were shaped, for the table."""
     if mode == "batched":
         return (f"batched ({options.clients}x{options.window} in flight, "
-                f"{min(BATCH_COMMANDS, options.window)} per request)")
+                f"{batch_size(options.window)} per request)")
     return f"pipelined ({options.clients}x{options.window} in flight, 1 per request)"
 
 

@@ -95,13 +95,19 @@ class DirectConnection:
             self._connection = None
 
 
-def single_stream_entries(response: Any) -> list[tuple[str, dict[bytes, bytes]]]:
-    """The entries of a raw XREAD/XREADGROUP reply for one stream: a RESP3 map or a RESP2 list of pairs."""
+def single_stream_raw(response: Any) -> list[Any]:
+    """The raw entries (``[id, [field, value, ...]]`` each) of an XREAD/XREADGROUP reply for one stream: a RESP3
+    map or a RESP2 list of pairs."""
     if not response:
         return []
     if isinstance(response, dict):
-        return stream_entries(next(iter(response.values())))
-    return stream_entries(response[0][1])
+        return next(iter(response.values()))
+    return response[0][1]
+
+
+def single_stream_entries(response: Any) -> list[tuple[str, dict[bytes, bytes]]]:
+    """The entries of a raw XREAD/XREADGROUP reply for one stream, as ``(id, fields)`` pairs."""
+    return stream_entries(single_stream_raw(response))
 
 
 def stream_entries(raw: Any) -> list[tuple[str, dict[bytes, bytes]]]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import redis
 
-from eventstore.direct import DirectConnection
+from eventstore.direct import DirectConnection, single_stream_raw
 from eventstore.envelope import StoredEvent
 from eventstore.keys import Keys
 
@@ -105,10 +105,7 @@ class LogFollower:
         if block_ms is not None:
             command += ["BLOCK", block_ms]
         response = self._direct.call(*command, "STREAMS", self._stream, f"{after_seq}-0")
-        if not response:
-            return []
-        raw = next(iter(response.values())) if isinstance(response, dict) else response[0][1]
-        return [_decode_flat(entry_id, flat) for entry_id, flat in raw]
+        return [_decode_flat(entry_id, flat) for entry_id, flat in single_stream_raw(response)]
 
     def release(self) -> None:
         """Give the connection back to the client's pool."""

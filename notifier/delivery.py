@@ -41,8 +41,8 @@ MessageKey = tuple[str, int]
 
 
 class Message(NamedTuple):
-    """One SMS for one recipient about one event (a named tuple: one per message, three times cheaper to build
-    than a frozen dataclass and as immutable)."""
+    """One SMS for one recipient about one event (a named tuple: one per message, about half the cost of a
+    frozen dataclass to build, and as immutable)."""
 
     event_id: str
     account: int

@@ -202,8 +202,8 @@ class Notifier:
                 done.append(entry_id)
                 continue
             try:
-                event_id, event_type, occurred_at = str(payload["event_id"]), str(payload["type"]), \
-                    str(payload["occurred_at"])
+                event_id = str(payload["event_id"])
+                event_type, occurred_at = str(payload["type"]), str(payload["occurred_at"])
                 phones = self._phones(accounts, seq, event_id, event_type, entry_id, occurred_at)
                 notices = notices_for(event_type, payload["data"], occurred_at, only=phones) if phones else []
             except (KeyError, TypeError, ValueError) as error:
@@ -213,10 +213,9 @@ class Notifier:
             for notice in notices:
                 message = Message(event_id, notice.account, seq, event_type, entry_id, occurred_at,
                                   phones[notice.account], notice.body)
-                key = (event_id, notice.account)
-                if key not in self._jobs:
-                    self._jobs[key] = _Job(message, due=now)
-                waiting.add(key)
+                if message.key not in self._jobs:
+                    self._jobs[message.key] = _Job(message, due=now)
+                waiting.add(message.key)
             if waiting:
                 self._open[entry_id] = waiting
             else:
