@@ -242,3 +242,20 @@ def test_the_handler_survives_a_redis_that_forgot_its_scripts(any_redis, keys, h
     request_id = send_batch(any_redis, keys, [money("Deposit", account=a, amount=250)], me)
     drain(handler)
     assert take_reply(any_redis, keys, request_id)["results"][0]["balance_cents"] == 250
+
+
+def test_a_poll_takes_a_bounded_number_of_batched_commands(fake_redis, keys):
+    """A poll reads few batch entries, so it stays short: one entry before the handler has seen their size (after
+    a start or a takeover), then as many as ``commands_per_poll`` commands' worth."""
+    handler = make_handler(fake_redis, keys, commands_per_poll=400)
+    [a] = open_accounts(fake_redis, keys, handler, 1)
+    handler = make_handler(fake_redis, keys, name="handler-2", commands_per_poll=400)  # a fresh start
+    me = session_for(fake_redis, keys, a)
+    request_ids = [send_batch(fake_redis, keys, [money("Deposit", account=a, amount=1) for _ in range(100)], me)
+                   for _ in range(6)]
+    polls = []
+    while settled := handler.poll_once(block_ms=None):
+        polls.append(settled)
+    assert polls == [1, 4, 1]
+    assert all(r["ok"] for request_id in request_ids for r in take_reply(fake_redis, keys, request_id)["results"])
+    assert balances_from_log(log_payloads(fake_redis, keys)) == {a: 600}

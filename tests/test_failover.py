@@ -48,7 +48,10 @@ def test_a_restarted_handler_settles_its_own_pending_entries_first(any_redis, ke
     request_ids = _deposits(any_redis, keys, a, 4)
     handler.group.read_new(count=10, block_ms=None)  # read, then "crashed"
     restarted = make_handler(any_redis, keys)
-    assert restarted.poll_once(block_ms=None) == 4
+    polls = []
+    while settled := restarted.poll_once(block_ms=None):
+        polls.append(settled)
+    assert sum(polls) == 4 and len(polls) <= 2, "one entry until the handler has seen their size, then the rest"
     assert [take_reply(any_redis, keys, r)["balance_cents"] for r in request_ids] == [1, 2, 3, 4]
 
 
