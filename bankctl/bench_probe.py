@@ -21,7 +21,7 @@ import redis
 from eventstore.envelope import parse_utc_timestamp
 from eventstore.keys import Keys
 from eventstore.log import head as log_head
-from eventstore.log import read_range
+from eventstore.log import oldest_unapplied_age_s
 
 LAG_SAMPLE_EVERY_S = 0.1
 
@@ -149,11 +149,10 @@ class LagSampler:
 
     def _oldest_unapplied_age(self, checkpoint_seq: int) -> float:
         try:
-            found = read_range(self.client, self.keys, checkpoint_seq + 1, checkpoint_seq + 1, count=1)
+            age = oldest_unapplied_age_s(self.client, self.keys, checkpoint_seq, now=datetime.now(UTC))
         except redis.RedisError:
             return 0.0
-        occurred = parse_utc_timestamp(found[0].payload().get("occurred_at")) if found else None
-        return max(0.0, (datetime.now(UTC) - occurred).total_seconds()) if occurred else 0.0
+        return age or 0.0
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ import click
 import redis
 
 from bankctl.output import BankctlError, Exit, emit, json_option, table
-from eventstore.envelope import parse_utc_timestamp
-from eventstore.log import head
+from eventstore.keys import Keys
+from eventstore.log import head, oldest_unapplied_age_s
 
 
 def _admin_client(settings: Any) -> redis.Redis:
@@ -30,7 +31,9 @@ def _vault(settings: Any, client: redis.Redis) -> Any:
     return PersonalDataVault(client, keys=settings.keys, master_key=master_key)
 
 
-def database_status(name: str, path: Path, head_seq: int, head_at: str | None) -> dict[str, Any]:
+def database_status(client: redis.Redis, keys: Keys, name: str, path: Path, head_seq: int) -> dict[str, Any]:
+    """A database's checkpoint and how far it is behind the log: in events, and as the age of the oldest event
+    it has not applied yet."""
     from projections.schema import DatabaseUnusable, open_readonly, read_checkpoint
 
     out: dict[str, Any] = {"name": name, "path": str(path), "exists": path.exists()}
@@ -45,10 +48,8 @@ def database_status(name: str, path: Path, head_seq: int, head_at: str | None) -
         out.update(checkpoint=None, lag_events=None, lag_seconds=None, error=str(error))
         return out
     checkpoint_at = row[0] if row else None
-    lag_seconds = 0.0
-    if checkpoint < head_seq:
-        newest, ours = parse_utc_timestamp(head_at), parse_utc_timestamp(checkpoint_at)
-        lag_seconds = (newest - ours).total_seconds() if newest and ours else None  # type: ignore[assignment]
+    lag_seconds = (oldest_unapplied_age_s(client, keys, checkpoint, now=datetime.now(UTC))
+                   if checkpoint < head_seq else 0.0)
     out.update(checkpoint=checkpoint, checkpoint_at=checkpoint_at, lag_events=head_seq - checkpoint,
                lag_seconds=None if lag_seconds is None else round(lag_seconds, 3))
     return out
@@ -66,10 +67,12 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     """Each database's checkpoint, the log head, and the lag in events and seconds."""
     settings = ctx.obj
     try:
-        head_seq, head_at = head(_admin_client(settings), settings.keys)
+        client = _admin_client(settings)
+        head_seq, head_at = head(client, settings.keys)
+        databases = [database_status(client, settings.keys, f"database{n}", settings.database_path(n), head_seq)
+                     for n in (1, 2)]
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError) as error:
         raise BankctlError(f"the bank is not reachable ({error})", Exit.UNAVAILABLE, "unavailable") from error
-    databases = [database_status(f"database{n}", settings.database_path(n), head_seq, head_at) for n in (1, 2)]
     report = {"ok": True, "head_seq": head_seq, "head_at": head_at, "databases": databases}
     emit(as_json, report, lambda: f"log head: seq {head_seq}\n"
          + table(databases, ("name", "checkpoint", "lag_events", "lag_seconds", "path")))

@@ -7,11 +7,12 @@ from ``N-0``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 
 from eventstore.direct import DirectConnection, single_stream_raw
-from eventstore.envelope import StoredEvent
+from eventstore.envelope import StoredEvent, parse_utc_timestamp
 from eventstore.keys import Keys
 
 DEFAULT_PAGE = 1000
@@ -71,6 +72,20 @@ def read_range(
     high = "+" if last is None else f"{last}-0"
     raw = client.xrange(keys.events, min=f"{max(first_seq, 1)}-0", max=high, count=count)
     return [_decode_entry(entry_id, fields) for entry_id, fields in raw]
+
+
+def oldest_unapplied_age_s(client: redis.Redis, keys: Keys, checkpoint: int, *, now: datetime) -> float | None:
+    """How long the first event after ``checkpoint`` has been waiting at ``now``: a reader's lag in seconds.
+
+    Why not the head's event time minus the checkpoint's: after a quiet pause that difference counts the pause
+    as lag (a database one fresh event behind would read ten seconds late). ``0.0`` when nothing is waiting,
+    ``None`` when the waiting event has no readable time.
+    """
+    found = read_range(client, keys, checkpoint + 1, checkpoint + 1, count=1)
+    if not found:
+        return 0.0
+    occurred = parse_utc_timestamp(found[0].payload().get("occurred_at"))
+    return None if occurred is None else max(0.0, (now - occurred).total_seconds())
 
 
 def iterate(
