@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 deps: $(STAMP) redis-server
 
 redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server with apt-get" >&2; \
+	@{ command -v redis-server && command -v redis-check-aof; } >/dev/null || { \
+	  echo "installing redis-server and redis-tools with apt-get" >&2; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-tools; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

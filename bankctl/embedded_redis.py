@@ -23,6 +23,15 @@ class RedisUnavailable(RuntimeError):
     """redis-server is not installed or did not come up."""
 
 
+class TruncatedAof(RedisUnavailable):
+    """redis-server refused to load an AOF whose last write was cut short (``aof-load-truncated no``)."""
+
+
+TRUNCATED_AOF_MARK = "Unexpected end of file reading the append only file"
+AOF_DIR = "appendonlydir"  # Redis 7's default appenddirname
+AOF_MANIFEST = "appendonly.aof.manifest"
+
+
 @dataclass
 class RedisProcess:
     directory: Path
@@ -84,6 +93,14 @@ def config_lines(directory: Path, socket: Path, *, port: int, fsync: str | None,
             # of the live AOF wait (measured: commands stalled up to 300 ms when the 64 MB default triggered it).
             # The log is never trimmed, so a rewrite saves little: let the AOF reach 1 GB first (then doubling).
             "auto-aof-rewrite-min-size 1gb",
+            # A crash in the middle of writing a script's effects (a MULTI ... EXEC block in the AOF) leaves a
+            # partial block at the end. With the default ``aof-load-truncated yes`` Redis 7.0 cuts only the
+            # partial last command and keeps the dangling MULTI: the next writes are appended inside it, and the
+            # restart after that replays the never-acknowledged partial block with them (its XADDs take the seqs,
+            # the later ones fail). Seen in a chaos run: two events read by the sealer and the notifier were
+            # replaced after the second restart. Refusing to load, then repairing with redis-check-aof (which cuts
+            # back to before the MULTI), keeps only what was acknowledged. See :func:`repair_truncated_aof`.
+            "aof-load-truncated no",
         ]
     lines += [
         'save ""',
@@ -113,13 +130,51 @@ def start_redis(
     conf = directory / "redis.conf"
     conf.write_text("\n".join(config_lines(directory, socket, port=port, fsync=fsync, acl_file=acl_file)) + "\n")
     os.chmod(conf, 0o600)
-    process = subprocess.Popen(
-        [redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    handle = RedisProcess(directory=directory, socket=socket, process=process, port=port)
-    wait_until_ready(handle, wait_password=wait_password)
-    return handle
+    return _launch(directory, socket, port=port, wait_password=wait_password)
+
+
+def _launch(directory: Path, socket: Path, *, port: int, wait_password: tuple[str, str] | None) -> RedisProcess:
+    """Run redis-server on ``directory/redis.conf`` until it answers PING; an AOF whose tail a crash cut short is
+    repaired once (:func:`repair_truncated_aof`) and the server started again."""
+    for attempt in (1, 2):
+        log = directory / "redis.log"
+        log_offset = log.stat().st_size if log.exists() else 0
+        process = subprocess.Popen(
+            [redis_server_binary(), str(directory / "redis.conf")], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        handle = RedisProcess(directory=directory, socket=socket, process=process, port=port)
+        try:
+            wait_until_ready(handle, wait_password=wait_password, log_offset=log_offset)
+        except TruncatedAof:
+            if attempt == 2:
+                raise
+            repair_truncated_aof(directory)
+            continue
+        return handle
+    raise AssertionError("unreachable")
+
+
+def repair_truncated_aof(directory: Path) -> str:
+    """Cut the AOF back to its last complete write with ``redis-check-aof --fix``; returns the tool's report.
+
+    Safe for the log: with ``appendfsync always`` Redis answers a write, and shows it to any reader, only after
+    the whole of it is written and synced, so a tail that a crash cut short was never acknowledged nor read.
+    The tool cuts an unterminated MULTI block whole, where Redis's own ``aof-load-truncated`` does not.
+    """
+    tool = shutil.which("redis-check-aof")
+    if not tool:
+        raise RedisUnavailable("the AOF's last write was cut short and redis-check-aof is not installed "
+                               "(Debian: apt-get install redis-tools)")
+    manifest = directory / AOF_DIR / AOF_MANIFEST
+    result = subprocess.run([tool, "--fix", str(manifest)], input="y\n", capture_output=True, text=True,
+                            check=False, timeout=600)
+    report = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        raise RedisUnavailable(f"redis-check-aof could not repair {manifest}: {report[-1000:]}")
+    with (directory / "redis.log").open("a") as log:
+        log.write(f"bankctl: repaired the AOF's cut-short tail with redis-check-aof --fix: {report[-500:]}\n")
+    return report
 
 
 def start_bus(directory: Path, *, port: int = 0, acl_file: Path | None = None,
@@ -133,14 +188,17 @@ def start_bus(directory: Path, *, port: int = 0, acl_file: Path | None = None,
     return start_redis(directory, port=port, fsync=None, acl_file=acl_file, wait_password=wait_password)
 
 
-def wait_until_ready(handle: RedisProcess, *, wait_password: tuple[str, str] | None = None) -> None:
+def wait_until_ready(handle: RedisProcess, *, wait_password: tuple[str, str] | None = None,
+                     log_offset: int = 0) -> None:
+    """Wait for PING; ``log_offset``: where this start's lines begin in ``redis.log`` (to tell why it exited)."""
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if handle.process is not None and handle.process.poll() is not None:
             log = handle.directory / "redis.log"
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RedisUnavailable(f"redis-server exited with {handle.process.returncode}: {tail}")
+            tail = log.read_bytes()[log_offset:].decode(errors="replace")[-2000:] if log.exists() else ""
+            kind = TruncatedAof if TRUNCATED_AOF_MARK in tail else RedisUnavailable
+            raise kind(f"redis-server exited with {handle.process.returncode}: {tail}")
         try:
             kwargs: dict[str, object] = {"socket_timeout": 2}
             if wait_password:
@@ -157,13 +215,6 @@ def wait_until_ready(handle: RedisProcess, *, wait_password: tuple[str, str] | N
     raise RedisUnavailable(f"redis-server did not answer within {START_TIMEOUT_S}s: {last_error!r}")
 
 
-def restart(handle: RedisProcess, **kwargs: object) -> RedisProcess:
+def restart(handle: RedisProcess, *, wait_password: tuple[str, str] | None = None) -> RedisProcess:
     """Start a new server on the same directory (and so the same AOF and socket)."""
-    conf = handle.directory / "redis.conf"
-    process = subprocess.Popen(
-        [redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    fresh = RedisProcess(directory=handle.directory, socket=handle.socket, process=process, port=handle.port)
-    wait_until_ready(fresh, **kwargs)  # type: ignore[arg-type]
-    return fresh
+    return _launch(handle.directory, handle.socket, port=handle.port, wait_password=wait_password)

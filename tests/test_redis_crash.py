@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bankctl.embedded_redis import restart
+from bankctl.embedded_redis import AOF_DIR, restart, start_redis
 from tests.helpers_bank import (
     LoadDriver,
     check_exactly_once,
@@ -59,3 +59,34 @@ def test_acknowledged_commands_survive_a_redis_crash(private_redis, keys, tmp_pa
         for process in handlers:
             stop_process(process)
         servers[-1].kill()
+
+
+def _cut_inside_last_exec(directory) -> None:
+    """What a crash in the middle of writing a script's MULTI ... EXEC block to the AOF leaves behind."""
+    [incr] = sorted((directory / AOF_DIR).glob("*.incr.aof"))[-1:]
+    data = incr.read_bytes()
+    incr.write_bytes(data[: data.rindex(b"EXEC") + 2])
+
+
+def test_a_write_cut_short_by_a_crash_never_comes_back(tmp_path, needs_redis_server):
+    """Redis 7.0 with ``aof-load-truncated yes`` keeps the cut block's MULTI; the restart after the next one then
+    replays the never-acknowledged block (in the log: its XADDs take the seqs of events already read)."""
+    server = start_redis(tmp_path / "redis")
+    two_writes = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SET', KEYS[2], ARGV[1])"
+    try:
+        client = server.client()
+        client.set("acknowledged", "1")
+        client.eval(two_writes, 2, "cut-1", "cut-2", "never acknowledged")
+        server.kill()
+        _cut_inside_last_exec(server.directory)
+        server = restart(server)
+        client = server.client()
+        assert client.mget("acknowledged", "cut-1", "cut-2") == [b"1", None, None]
+        client.eval(two_writes, 2, "later-1", "later-2", "read by others")
+        server.kill()
+        server = restart(server)
+        client = server.client()
+        assert client.mget("cut-1", "cut-2", "later-1", "later-2") == [None, None, b"read by others", b"read by others"]
+        assert "repaired the AOF" in (server.directory / "redis.log").read_text()
+    finally:
+        server.stop()
