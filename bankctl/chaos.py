@@ -38,6 +38,7 @@ from bankctl.chaos_checks import (
     sms_expected,
 )
 from bankctl.chaos_load import LoadClient
+from bankctl.embedded_redis import aof_repairs
 from commands.client import Request
 from eventstore.keys import Keys
 
@@ -430,6 +431,7 @@ class ChaosRun:
                 "connection_errors": sum(c.log.connection_errors for c in clients),
             })
             self._settle()
+            self.report.stats["aof_repairs"] = aof_repairs(self.bank.redis.directory)
             self._watch_workers()
             self._report_exits()
             self._check(requests, replies, queries, unanswered, (deposited, withdrawn))

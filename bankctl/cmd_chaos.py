@@ -30,7 +30,8 @@ def render(reports: list[RunReport], profile: str) -> str:
         lines.append(f"seed {report.seed}: {'OK' if report.ok else 'FAILED'} in {report.seconds:.1f}s; "
                      f"{stats.get('commands', 0)} commands ({stats.get('accepted', 0)} accepted), "
                      f"queries {stats.get('queries', {})}, {stats.get('events', 0)} events, "
-                     f"{stats.get('sms', 0)} SMS, {stats.get('resends', 0)} resends, {len(report.actions)} fault steps")
+                     f"{stats.get('sms', 0)} SMS, {stats.get('resends', 0)} resends, "
+                     f"{len(report.actions)} fault steps, {stats.get('aof_repairs', 0)} AOF repairs")
         lines += [f"  [{finding.check}] {finding.message}" for finding in report.findings]
         if report.kept_dir:
             lines.append(f"  kept: {report.kept_dir}")

@@ -30,6 +30,7 @@ class TruncatedAof(RedisUnavailable):
 TRUNCATED_AOF_MARK = "Unexpected end of file reading the append only file"
 AOF_DIR = "appendonlydir"  # Redis 7's default appenddirname
 AOF_MANIFEST = "appendonly.aof.manifest"
+AOF_REPAIRED_MARK = "bankctl: repaired the AOF's cut-short tail"
 
 
 @dataclass
@@ -173,8 +174,14 @@ def repair_truncated_aof(directory: Path) -> str:
     if result.returncode != 0:
         raise RedisUnavailable(f"redis-check-aof could not repair {manifest}: {report[-1000:]}")
     with (directory / "redis.log").open("a") as log:
-        log.write(f"bankctl: repaired the AOF's cut-short tail with redis-check-aof --fix: {report[-500:]}\n")
+        log.write(f"{AOF_REPAIRED_MARK} with redis-check-aof --fix: {report[-500:]}\n")
     return report
+
+
+def aof_repairs(directory: Path) -> int:
+    """How many times :func:`repair_truncated_aof` cut this server's AOF (from its ``redis.log``)."""
+    log = directory / "redis.log"
+    return log.read_text(errors="replace").count(AOF_REPAIRED_MARK) if log.exists() else 0
 
 
 def start_bus(directory: Path, *, port: int = 0, acl_file: Path | None = None,
