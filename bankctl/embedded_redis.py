@@ -136,24 +136,24 @@ def start_redis(
 
 def _launch(directory: Path, socket: Path, *, port: int, wait_password: tuple[str, str] | None) -> RedisProcess:
     """Run redis-server on ``directory/redis.conf`` until it answers PING; an AOF whose tail a crash cut short is
-    repaired once (:func:`repair_truncated_aof`) and the server started again."""
-    for attempt in (1, 2):
-        log = directory / "redis.log"
-        log_offset = log.stat().st_size if log.exists() else 0
-        process = subprocess.Popen(
-            [redis_server_binary(), str(directory / "redis.conf")], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        handle = RedisProcess(directory=directory, socket=socket, process=process, port=port)
-        try:
-            wait_until_ready(handle, wait_password=wait_password, log_offset=log_offset)
-        except TruncatedAof:
-            if attempt == 2:
-                raise
-            repair_truncated_aof(directory)
-            continue
-        return handle
-    raise AssertionError("unreachable")
+    repaired (:func:`repair_truncated_aof`) and the server started once more."""
+    try:
+        return _start_once(directory, socket, port=port, wait_password=wait_password)
+    except TruncatedAof:
+        repair_truncated_aof(directory)
+        return _start_once(directory, socket, port=port, wait_password=wait_password)
+
+
+def _start_once(directory: Path, socket: Path, *, port: int, wait_password: tuple[str, str] | None) -> RedisProcess:
+    log = directory / "redis.log"
+    log_offset = log.stat().st_size if log.exists() else 0
+    process = subprocess.Popen(
+        [redis_server_binary(), str(directory / "redis.conf")], stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    handle = RedisProcess(directory=directory, socket=socket, process=process, port=port)
+    wait_until_ready(handle, wait_password=wait_password, log_offset=log_offset)
+    return handle
 
 
 def repair_truncated_aof(directory: Path) -> str:
