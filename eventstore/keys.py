@@ -72,9 +72,13 @@ class Keys:
         """Server secret for decoy salts of unknown accounts (created once, shared by every handler)."""
         return self._k("auth:decoy_secret")
 
-    def sms_sent(self, event_id: str, account_id: int) -> str:
-        """Delivery record of one SMS (sent, dead, or a short sending lease): the notifier's dedupe key."""
+    def sms_lease(self, event_id: str, account_id: int) -> str:
+        """The short sending lease of one SMS (Twilio only): which notifier is calling the API for it."""
         return self._k(f"sms:{event_id}:{account_id}")
+
+    def sms_ledger(self, bucket: int) -> str:
+        """The delivery records (sent or dead) of the SMS about one range of seqs: the notifier's dedupe hash."""
+        return self._k(f"sms:ledger:{bucket}")
 
     def notifier_outbox_offset(self, outbox_digest: str) -> str:
         """Byte offset up to which an outbox file's lines are recorded in the delivery ledger."""

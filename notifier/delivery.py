@@ -1,9 +1,14 @@
 """Delivery rules: what a message is, the dedupe ledger, how failures are classified, how retries back off.
 
-Dedupe ledger: one Redis string per (event id, recipient account), ``{bank}:sms:<event_id>:<account>``, holding
-``sent:<ref>`` once a send succeeded, ``dead:<code>`` once the message was dead-lettered, or ``sending:<owner>``
-(a short lease, Twilio only) while one notifier is calling the API. A message whose key says ``sent``/``dead`` is
-never sent again; a lease held by another live notifier makes the caller wait instead of sending too.
+Dedupe ledger: one Redis hash per range of :data:`LEDGER_BUCKET_EVENTS` seqs, ``{bank}:sms:ledger:<seq // n>``,
+with a field ``<event_id>:<account>`` per message holding ``sent:<ref>`` once a send succeeded or ``dead:<code>``
+once it was dead-lettered. A message with such a record is never sent again. A whole batch's records are one
+HSET (and one EXPIRE, which keeps every record at least :data:`LEDGER_TTL_S`): one string key per message cost
+the log's Redis a SET with its own expiry for each, about a tenth of its CPU under load (measured).
+While one notifier calls Twilio for a message it holds a short lease, the string ``{bank}:sms:<event_id>:<account>``
+= ``sending:<owner>``; a lease held by another live notifier makes the caller wait instead of sending too. The
+record is written and the lease deleted in one MULTI, and a lease taker reads the record after taking it, so a
+message recorded meanwhile is never sent twice.
 
 Failure classes (see :func:`classify`):
 - transient (timeouts, connection errors, HTTP 429, 5xx, anything unexpected): retry with exponential backoff
@@ -21,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -29,6 +34,7 @@ from eventstore.direct import Command, DirectConnection
 from eventstore.keys import Keys
 
 LEDGER_TTL_S = 30 * 24 * 3600
+LEDGER_BUCKET_EVENTS = 100_000
 LEASE_S = 60
 MAX_REF_CHARS = 64
 
@@ -38,6 +44,18 @@ EXIT_AUTH = 4
 EXIT_CONFIG = 2
 
 MessageKey = tuple[str, int]
+
+
+class SmsId(NamedTuple):
+    """Which SMS a ledger record is about: the event (its seq places the record) and the recipient."""
+
+    seq: int
+    event_id: str
+    account: int
+
+    @property
+    def key(self) -> MessageKey:
+        return (self.event_id, self.account)
 
 
 class Message(NamedTuple):
@@ -56,6 +74,10 @@ class Message(NamedTuple):
     @property
     def key(self) -> MessageKey:
         return (self.event_id, self.account)
+
+    @property
+    def sms_id(self) -> SmsId:
+        return SmsId(self.seq, self.event_id, self.account)
 
 
 class Status(StrEnum):
@@ -154,49 +176,76 @@ def fatal_exit_code(failure: Failure) -> int:
 
 
 class Ledger:
-    """The dedupe records in Redis (see the module docstring for the values)."""
+    """The dedupe records and sending leases in Redis (see the module docstring for the layout)."""
 
     def __init__(self, client: redis.Redis, *, keys: Keys, ttl_s: int = LEDGER_TTL_S) -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = ttl_s
-        self._direct = DirectConnection(client)  # record_sent: thousands of SETs a second under load
+        self._direct = DirectConnection(client)  # lookups and records: thousands of messages a second under load
 
-    def key(self, message_key: MessageKey) -> str:
-        event_id, account = message_key
-        return self.keys.sms_sent(event_id, account)
+    def bucket(self, sms: SmsId) -> str:
+        return self.keys.sms_ledger(sms.seq // LEDGER_BUCKET_EVENTS)
+
+    @staticmethod
+    def field(sms: SmsId) -> str:
+        return f"{sms.event_id}:{sms.account}"
+
+    def lease_key(self, sms: SmsId) -> str:
+        return self.keys.sms_lease(sms.event_id, sms.account)
 
     @staticmethod
     def is_final(value: bytes | None) -> bool:
         return value is not None and (value.startswith(b"sent:") or value.startswith(b"dead:"))
 
-    def states(self, message_keys: Sequence[MessageKey]) -> list[bytes | None]:
-        if not message_keys:
-            return []
-        return list(self.client.mget([self.key(k) for k in message_keys]))
+    def lookup(self, ids: Sequence[SmsId], *, also_get: Sequence[str] = ()) -> tuple[list[Any], list[bytes | None]]:
+        """The values of the string keys ``also_get`` and the records of ``ids`` (in order), in one round trip."""
+        by_bucket: dict[str, list[int]] = {}
+        for index, sms in enumerate(ids):
+            by_bucket.setdefault(self.bucket(sms), []).append(index)
+        commands: list[Command] = [("GET", key) for key in also_get]
+        commands += [("HMGET", bucket, *(self.field(ids[i]) for i in indexes)) for bucket, indexes in by_bucket.items()]
+        if not commands:
+            return [], []
+        replies = self._direct.execute(commands)
+        records: list[bytes | None] = [None] * len(ids)
+        for indexes, values in zip(by_bucket.values(), replies[len(also_get):], strict=True):
+            for index, value in zip(indexes, values, strict=True):
+                records[index] = value
+        return replies[: len(also_get)], records
 
-    def final(self, message_keys: Sequence[MessageKey]) -> set[MessageKey]:
-        """The keys that must not be sent again."""
-        return {k for k, v in zip(message_keys, self.states(message_keys), strict=True) if self.is_final(v)}
+    def states(self, ids: Sequence[SmsId]) -> list[bytes | None]:
+        return self.lookup(ids)[1]
 
-    def lease(self, message_key: MessageKey, owner: str, lease_s: int = LEASE_S) -> Status | None:
-        """Take the sending lease: ``None`` when taken, else DUPLICATE (final) or BUSY (another owner)."""
-        key = self.key(message_key)
+    def final(self, ids: Sequence[SmsId]) -> set[SmsId]:
+        """The messages that must not be sent again."""
+        return {sms for sms, value in zip(ids, self.states(ids), strict=True) if self.is_final(value)}
+
+    def lease(self, sms: SmsId, owner: str, lease_s: int = LEASE_S) -> Status | None:
+        """Take the sending lease: ``None`` when taken, else DUPLICATE (recorded final) or BUSY (another owner).
+
+        The record is read after the lease is taken: a holder records and drops its lease in one MULTI, so a
+        record made before this lease existed is seen here, and none can be made while it is held.
+        """
+        key = self.lease_key(sms)
         mine = f"sending:{owner}".encode()
-        if self.client.set(key, mine, nx=True, ex=lease_s):
-            return None
-        value = self.client.get(key)
-        if self.is_final(value):
-            return Status.DUPLICATE
-        if value == mine or value is None:
-            # Our own lease (a retry, or our predecessor of the same name that crashed mid-send): take it.
+        if not self.client.set(key, mine, nx=True, ex=lease_s):
+            held = self.client.get(key)
+            if self.is_final(held):  # a record in the lease's place: written by a notifier before the hashes
+                return Status.DUPLICATE
+            if held not in (mine, None):
+                return Status.BUSY
+            # Our own lease (a retry, or our predecessor of the same name that crashed mid-send), or one that
+            # expired just now: take it.
             self.client.set(key, mine, ex=lease_s)
-            return None
-        return Status.BUSY
+        if self.is_final(self.client.hget(self.bucket(sms), self.field(sms))):
+            self.release(sms, owner)
+            return Status.DUPLICATE
+        return None
 
-    def release(self, message_key: MessageKey, owner: str) -> None:
+    def release(self, sms: SmsId, owner: str) -> None:
         """Drop our lease (compare-and-delete with WATCH: no Lua, so the notifier's ACL needs no scripting)."""
-        key = self.key(message_key)
+        key = self.lease_key(sms)
         with self.client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(key)
@@ -208,13 +257,23 @@ class Ledger:
             except redis.WatchError:
                 return  # someone else changed it meanwhile: it is theirs now
 
-    def record_sent(self, refs: Mapping[MessageKey, str], *, extra: Mapping[str, str | int] | None = None) -> None:
-        """Mark messages sent (and set ``extra`` keys) in one MULTI: both or neither."""
-        commands: list[Command] = [("MULTI",)]
-        for message_key, ref in refs.items():
-            commands.append(("SET", self.key(message_key), f"sent:{ref[:MAX_REF_CHARS]}", "EX", self.ttl_s))
-        for name, value in (extra or {}).items():
-            commands.append(("SET", name, value))
+    def _record_commands(self, records: Mapping[SmsId, str]) -> list[Command]:
+        """HSET and EXPIRE per bucket: a batch's records are one command, not one key each."""
+        by_bucket: dict[str, list[str]] = {}
+        for sms, value in records.items():
+            by_bucket.setdefault(self.bucket(sms), []).extend((self.field(sms), value[:MAX_REF_CHARS]))
+        commands: list[Command] = [("HSET", bucket, *pairs) for bucket, pairs in by_bucket.items()]
+        commands += [("EXPIRE", bucket, self.ttl_s) for bucket in by_bucket]
+        return commands
+
+    def record_sent(self, refs: Mapping[SmsId, str], *, extra: Mapping[str, str | int] | None = None,
+                    leases: Sequence[SmsId] = ()) -> None:
+        """Record messages sent (``sent:<ref>``), set ``extra`` keys and drop our ``leases``, in one MULTI: all
+        or nothing."""
+        commands: list[Command] = [("MULTI",), *self._record_commands({s: f"sent:{r}" for s, r in refs.items()})]
+        commands += [("SET", name, value) for name, value in (extra or {}).items()]
+        if leases:
+            commands.append(("DEL", *(self.lease_key(sms) for sms in leases)))
         commands.append(("EXEC",))
         executed = self._direct.execute(commands)[-1]  # a refused MULTI raises (EXECABORT) with nothing applied
         failed = [reply for reply in executed or [] if isinstance(reply, Exception)]
@@ -233,7 +292,9 @@ class Ledger:
         }
         pipe = self.client.pipeline(transaction=True)
         pipe.xadd(dead_stream, record, maxlen=100_000, approximate=True)
-        pipe.set(self.key(message.key), f"dead:{failure.code}"[:MAX_REF_CHARS], ex=self.ttl_s)
+        for command in self._record_commands({message.sms_id: f"dead:{failure.code}"}):
+            pipe.execute_command(*command)
+        pipe.delete(self.lease_key(message.sms_id))
         pipe.execute()
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import orjson
 
 from eventstore.worker import FatalWorkerError
-from notifier.delivery import Ledger, Message, MessageKey, Outcome, Status, Verdict, classify, unique
+from notifier.delivery import Ledger, Message, Outcome, SmsId, Status, Verdict, classify, unique
 
 log = logging.getLogger("bank.notifier")
 
@@ -114,11 +114,11 @@ class OutboxSender:
         if len(complete) != len(tail):
             log.warning("outbox %s: cutting a torn last line of %d bytes", self.path, len(tail) - len(complete))
             os.ftruncate(self._fd, recorded + len(complete))
-        refs: dict[MessageKey, str] = {}
+        refs: dict[SmsId, str] = {}
         for raw in complete.splitlines():
             try:
                 record = orjson.loads(raw)
-                refs[(str(record["event_id"]), int(record["account"]))] = "outbox"
+                refs[SmsId(int(record["seq"]), str(record["event_id"]), int(record["account"]))] = "outbox"
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.warning("outbox %s: unreadable line left as it is", self.path)
         new_size = recorded + len(complete)
@@ -140,19 +140,13 @@ class OutboxSender:
             raise OutboxUnwritable(f"cannot write the outbox {self.path}: {error}") from error
 
     def _send_locked(self, messages: Sequence[Message], batch: list[Message], ledger: Ledger) -> list[Outcome]:
-        message_keys = [m.key for m in batch]
-        pipe = ledger.client.pipeline(transaction=False)
-        pipe.get(self.offset_key(ledger))
-        if message_keys:
-            pipe.mget([ledger.key(k) for k in message_keys])
-        replies = pipe.execute()
-        recorded = int(replies[0] or 0)
-        states = replies[1] if message_keys else []
+        ids = [m.sms_id for m in batch]
+        (offset,), states = ledger.lookup(ids, also_get=[self.offset_key(ledger)])
+        recorded = int(offset or 0)
         size = self._reconcile(ledger, recorded)
         if size != recorded:
-            states = ledger.states(message_keys)
-        final = {k for k, v in zip(message_keys, states, strict=True) if ledger.is_final(v)}
-        fresh = [m for m in batch if m.key not in final]
+            states = ledger.states(ids)
+        fresh = [m for m, state in zip(batch, states, strict=True) if not ledger.is_final(state)]
         if fresh:
             queued_at = _wall_time()  # one batch, one write: one time for all its lines
             data = b"".join(self.line(m, queued_at) for m in fresh)
@@ -166,7 +160,7 @@ class OutboxSender:
                 # Lines that are not known to be on disk must not count as sent at the next reconcile.
                 os.ftruncate(self._fd, size)
                 raise
-            ledger.record_sent({m.key: "outbox" for m in fresh}, extra={self.offset_key(ledger): size + len(data)})
+            ledger.record_sent({m.sms_id: "outbox" for m in fresh}, extra={self.offset_key(ledger): size + len(data)})
         sent = {m.key for m in fresh}
         out: list[Outcome] = []
         for message in messages:
@@ -211,21 +205,21 @@ class TwilioSender:
     def send(self, messages: Sequence[Message], ledger: Ledger) -> list[Outcome]:
         out: list[Outcome] = []
         for index, message in enumerate(messages):
-            held = ledger.lease(message.key, self.owner)
+            held = ledger.lease(message.sms_id, self.owner)
             if held is not None:
                 out.append(Outcome(message, held))
                 continue
             try:
                 created = self.client.messages.create(to=message.to, from_=self.from_number, body=message.body)
             except Exception as error:  # every failure is classified by the caller; nothing is swallowed
-                ledger.release(message.key, self.owner)
+                ledger.release(message.sms_id, self.owner)
                 out.append(Outcome(message, Status.FAILED, error=error))
                 if classify(error).verdict is Verdict.PERMANENT:
                     continue  # one bad number must not hold up the others
                 out.extend(Outcome(m, Status.NOT_ATTEMPTED) for m in messages[index + 1 :])
                 return out
             sid = str(getattr(created, "sid", "") or "unknown")
-            ledger.record_sent({message.key: f"twilio:{sid}"})
+            ledger.record_sent({message.sms_id: f"twilio:{sid}"}, leases=[message.sms_id])
             out.append(Outcome(message, Status.SENT, sid))
         return out
 

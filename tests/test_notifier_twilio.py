@@ -108,7 +108,8 @@ def test_request_is_exactly_what_twilio_expects(fake_redis, keys):
     assert request["data"]["Body"].startswith("Fintech Fortress: Deposit of 12.30 on account ****0001. Balance 12.30.")
     assert pending(fake_redis, keys) == 0
     [event_id] = [e for e, t, _a in bank.event_ids if t == "MoneyDeposited"]
-    assert fake_redis.get(f"{{bank}}:sms:{event_id}:{account}") == b"sent:twilio:SM" + b"0" * 31 + b"1"
+    assert fake_redis.hget("{bank}:sms:ledger:0", f"{event_id}:{account}") == b"sent:twilio:SM" + b"0" * 31 + b"1"
+    assert not fake_redis.exists(f"{{bank}}:sms:{event_id}:{account}"), "the lease is gone once the send is recorded"
 
 
 def test_default_http_client_has_an_explicit_timeout():

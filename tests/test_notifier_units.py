@@ -14,7 +14,18 @@ from twilio.base.exceptions import TwilioRestException
 
 from eventstore.log import read_range
 from eventstore.pii import PersonalDataVault
-from notifier.delivery import Failure, Ledger, Message, RetryPolicy, Status, Verdict, classify, fatal_exit_code
+from notifier.delivery import (
+    LEDGER_BUCKET_EVENTS,
+    Failure,
+    Ledger,
+    Message,
+    RetryPolicy,
+    SmsId,
+    Status,
+    Verdict,
+    classify,
+    fatal_exit_code,
+)
 from notifier.directory import ContactDirectory, DirectoryGap
 from notifier.templates import MAX_SMS_CHARS, NOTIFIED_TYPES, mask_account, notices_for, short_time
 
@@ -192,18 +203,47 @@ def _message(event_id: str = "e" * 32, account: int = 1) -> Message:
 
 def test_ledger_lease_is_exclusive_and_final_states_win(any_redis, keys):
     ledger = Ledger(any_redis, keys=keys)
-    key = _message().key
-    assert ledger.lease(key, "a") is None
-    assert ledger.lease(key, "b") is Status.BUSY
-    assert ledger.lease(key, "a") is None, "the same owner may retry"
-    ledger.release(key, "b")
-    assert ledger.lease(key, "b") is Status.BUSY, "only the holder releases"
-    ledger.release(key, "a")
-    assert ledger.lease(key, "b") is None
-    ledger.record_sent({key: "twilio:SM1"})
-    assert ledger.lease(key, "a") is Status.DUPLICATE
-    assert ledger.final([key, _message(account=2).key]) == {key}
-    assert any_redis.ttl(ledger.key(key)) > 24 * 3600
+    sms = _message().sms_id
+    assert ledger.lease(sms, "a") is None
+    assert ledger.lease(sms, "b") is Status.BUSY
+    assert ledger.lease(sms, "a") is None, "the same owner may retry"
+    ledger.release(sms, "b")
+    assert ledger.lease(sms, "b") is Status.BUSY, "only the holder releases"
+    ledger.release(sms, "a")
+    assert ledger.lease(sms, "b") is None
+    ledger.record_sent({sms: "twilio:SM1"}, leases=[sms])
+    assert not any_redis.exists(ledger.lease_key(sms)), "recording drops the lease"
+    assert ledger.lease(sms, "a") is Status.DUPLICATE
+    assert not any_redis.exists(ledger.lease_key(sms)), "a lease taken for a recorded message is given back"
+    assert ledger.final([sms, _message(account=2).sms_id]) == {sms}
+    assert any_redis.ttl(ledger.bucket(sms)) > 24 * 3600
+
+
+def test_a_record_made_while_another_holds_the_lease_is_seen_by_the_next_taker(any_redis, keys):
+    ledger = Ledger(any_redis, keys=keys)
+    sms = _message().sms_id
+    assert ledger.lease(sms, "a") is None
+    ledger.record_sent({sms: "outbox"})  # an outbox notifier recorded it; a's lease then expired
+    any_redis.delete(ledger.lease_key(sms))
+    assert ledger.lease(sms, "b") is Status.DUPLICATE
+
+
+def test_ledger_records_of_one_batch_share_a_hash_per_range_of_seqs(any_redis, keys):
+    ledger = Ledger(any_redis, keys=keys)
+    ids = [SmsId(seq, f"{seq:032x}", 7) for seq in (1, 2, LEDGER_BUCKET_EVENTS + 1)]
+    ledger.record_sent({sms: "outbox" for sms in ids}, extra={keys.notifier_outbox_offset("x"): 42})
+    assert {ledger.bucket(sms) for sms in ids} == {keys.sms_ledger(0), keys.sms_ledger(1)}
+    assert any_redis.hlen(keys.sms_ledger(0)) == 2 and any_redis.hlen(keys.sms_ledger(1)) == 1
+    (offset,), states = ledger.lookup([ids[2], SmsId(3, "f" * 32, 7), ids[0]],
+                                      also_get=[keys.notifier_outbox_offset("x")])
+    assert offset == b"42" and states == [b"sent:outbox", None, b"sent:outbox"]
+
+
+def test_a_record_from_before_the_hashes_still_counts_as_final(any_redis, keys):
+    ledger = Ledger(any_redis, keys=keys)
+    sms = _message().sms_id
+    any_redis.set(ledger.lease_key(sms), "sent:twilio:SM0", ex=3600)  # the old layout: one string per message
+    assert ledger.lease(sms, "a") is Status.DUPLICATE
 
 
 def test_ledger_dead_letter_keeps_no_phone_or_text(any_redis, keys):
@@ -214,4 +254,4 @@ def test_ledger_dead_letter_keeps_no_phone_or_text(any_redis, keys):
     [(_id, fields)] = any_redis.xrange(keys.dead("notifier"))
     assert fields[b"code"] == b"21211" and fields[b"event_id"] == message.event_id.encode()
     assert not any(b"+1555" in value for value in fields.values())
-    assert ledger.final([message.key]) == {message.key}
+    assert ledger.final([message.sms_id]) == {message.sms_id}
