@@ -29,11 +29,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
@@ -114,6 +114,15 @@ class Work:
     new_account_id: int | None = None
     lock: dict[str, Any] | None = None
     lock_reply: dict[str, Any] | None = None
+    decided: Decided | None = None  # the last decision, kept for a later round (see CommandHandler._prepare)
+
+
+class Decided(NamedTuple):
+    """A command's prepared decision and the account states it was decided on."""
+
+    inputs: tuple[AccountState, ...]
+    prepared: PreparedCommand
+    new_states: Mapping[int, AccountState]
 
 
 @dataclass(slots=True)
@@ -565,9 +574,22 @@ class CommandHandler:
         return self.state_loader.load(accounts)
 
     def _prepare(self, work: Work, overlay: dict[int, AccountState], occurred_at: str) -> PreparedCommand:
+        """Decide and prepare ``work`` over ``overlay``, or reuse its last decision if its accounts are unchanged.
+
+        Why reuse: a conflict makes every later command of the customer's batch wait for the next round (they were
+        decided on top of it). The conflicting command is usually a transfer whose recipient the other handler
+        had just changed; decided again, it leaves the sender's account as before, so the later commands see the
+        same states as in the last round and, the deciders being pure, would decide the same. About a quarter
+        of all decisions under load were such repeats (measured: 91,262 decided for 68,800 appended).
+        """
+        inputs = tuple(overlay[a] for a in work.accounts)
+        decided = work.decided
+        if decided is not None and decided.inputs == inputs:
+            overlay.update(decided.new_states)
+            return decided.prepared
         request = work.request
         origin = Origin(request.command_id, work.actor, occurred_at)
-        before = {a: overlay[a] for a in work.accounts}
+        before = dict(zip(work.accounts, inputs, strict=True))
         if work.lock is not None:
             outcome = _decide_lock(work.lock, before[work.accounts[0]])
         else:
@@ -575,12 +597,16 @@ class CommandHandler:
             outcome = decide(request.command, overlay, Context(work.principal, work.new_account_id))
         if isinstance(outcome, Rejection):
             if work.lock_reply is not None:  # nothing to lock: just answer the login request
-                return PreparedCommand(self.keys.command_outcome(request.command_id), [], [],
-                                       orjson.dumps(work.lock_reply))
-            return prepare_rejection(outcome, list(before.values()), origin, keys=self.keys)
+                prepared = PreparedCommand(self.keys.command_outcome(request.command_id), [], [],
+                                           orjson.dumps(work.lock_reply))
+            else:
+                prepared = prepare_rejection(outcome, inputs, origin, keys=self.keys)
+            work.decided = Decided(inputs, prepared, {})
+            return prepared
         prepared = prepare_decision(outcome, before, origin, keys=self.keys, vault=self.vault, reply=work.lock_reply)
         overlay.update(outcome.new_states)
         self.counters["events"] += len(outcome.events)
+        work.decided = Decided(inputs, prepared, outcome.new_states)
         return prepared
 
     # ------------------------------------------------------------------ after the append

@@ -186,6 +186,44 @@ def test_a_version_matching_by_coincidence_in_a_later_chunk_is_not_applied(fake_
     assert take_reply(fake_redis, keys, request_id)["results"][2]["balance_cents"] == balances_from_log(events)[a]
 
 
+def test_after_a_conflict_on_a_recipient_the_rest_of_the_batch_is_not_decided_again(fake_redis, keys):
+    """A transfer conflicts because the other handler credited its recipient. Decided again it leaves the sender's
+    account as before, so the later commands (already decided on top of it) are appended as decided the first
+    time: only the transfer is decided twice, and every balance the log states is still the replayed one."""
+    handler = make_handler(fake_redis, keys, append_chunk=1)
+    [a, b] = open_accounts(fake_redis, keys, handler, 2, deposit_cents=1_000)
+    rival = make_handler(fake_redis, keys, name="handler-2")
+    admin = admin_session(fake_redis, keys)
+    real_send = handler.appender.send
+    calls = []
+
+    def credit_the_recipient_first(commands):
+        calls.append(len(commands))
+        if len(calls) == 1:
+            rival_id = send_batch(fake_redis, keys, [money("Deposit", account=b, amount=1)], admin)
+            drain(rival)
+            assert take_reply(fake_redis, keys, rival_id)["results"][0]["ok"]
+        return real_send(commands)
+
+    handler.appender.send = credit_the_recipient_first  # type: ignore[method-assign]
+    me = session_for(fake_redis, keys, a)
+    decided_before = handler.counters["events"]
+    request_id = send_batch(fake_redis, keys, [money("Transfer", account=a, to=b, amount=600)]
+                            + [money("Withdraw", account=a, amount=100) for _ in range(3)], me)
+    drain(handler)
+    results = take_reply(fake_redis, keys, request_id)["results"]
+    assert all(r["ok"] for r in results) and results[-1]["balance_cents"] == 100
+    assert handler.counters["conflicts"] > 0
+    assert handler.counters["events"] - decided_before == 4 + 1, "four events appended, the transfer decided twice"
+    events = log_payloads(fake_redis, keys)
+    for event in events:
+        replayed = balances_from_log(events[: events.index(event) + 1])
+        if event["type"] == "MoneyTransferred":
+            assert event["data"]["to_balance_after"] == replayed[b] == 1_000 + 1 + 600
+        if event["type"] == "MoneyWithdrawn":
+            assert event["data"]["balance_after"] == replayed[a]
+
+
 def test_a_crash_before_the_reply_is_answered_from_the_stored_outcomes(any_redis, keys, handler):
     [a] = open_accounts(any_redis, keys, handler, 1)
     me = session_for(any_redis, keys, a)
