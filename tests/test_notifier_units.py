@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 
 import pytest
 import requests
@@ -86,8 +87,8 @@ def test_every_message_fits_one_sms_segment_and_shows_no_full_account_number(acc
     for notice in notices_for(event_type, data, WHEN):
         assert len(notice.body) <= MAX_SMS_CHARS
         assert notice.body.isascii()
-        if notice.account >= 10**6:
-            assert str(notice.account) not in notice.body
+        if notice.account >= 10**6:  # amounts may hold the same digits by chance (hypothesis found one): not them
+            assert str(notice.account) not in re.sub(r"\d+\.\d\d\b", "<amount>", notice.body)
 
 
 def test_directory_follows_opt_in_phone_changes_and_erasure(fake_redis, keys):
