@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -57,13 +58,22 @@ def bank(tmp_path_factory, needs_redis_server):
                        timeout=120)
 
 
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 class Terminal:
     """One ``bankctl shell`` on a pseudo-terminal, with everything it printed kept in ``transcript``."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.log = io.StringIO()
+        # Ctrl-C as at a terminal, even when the suite itself runs with SIGINT ignored (a background job of a
+        # non-interactive shell, nohup): Python then installs no KeyboardInterrupt handler, and the Ctrl-C tests
+        # failed that way, never at a terminal.
         self.child = pexpect.spawn(sys.executable, ["-m", "bankctl.cli", "shell"], env=env, cwd=str(ROOT),
-                                   encoding="utf-8", timeout=WAIT_S, dimensions=(60, 200))
+                                   encoding="utf-8", timeout=WAIT_S, dimensions=(60, 200),
+                                   preexec_fn=_default_sigint)
         self.child.logfile_read = self.log
 
     @property
