@@ -53,10 +53,6 @@ class SmsId(NamedTuple):
     event_id: str
     account: int
 
-    @property
-    def key(self) -> MessageKey:
-        return (self.event_id, self.account)
-
 
 class Message(NamedTuple):
     """One SMS for one recipient about one event (a named tuple: one per message, about half the cost of a
@@ -233,11 +229,13 @@ class Ledger:
             held = self.client.get(key)
             if self.is_final(held):  # a record in the lease's place: written by a notifier before the hashes
                 return Status.DUPLICATE
-            if held not in (mine, None):
+            if held is None:  # expired just now: take it like anyone else, or lose it to whoever was first
+                if not self.client.set(key, mine, nx=True, ex=lease_s):
+                    return Status.BUSY
+            elif held == mine:  # our own (a retry, or our predecessor of the same name that crashed mid-send)
+                self.client.set(key, mine, ex=lease_s)
+            else:
                 return Status.BUSY
-            # Our own lease (a retry, or our predecessor of the same name that crashed mid-send), or one that
-            # expired just now: take it.
-            self.client.set(key, mine, ex=lease_s)
         if self.is_final(self.client.hget(self.bucket(sms), self.field(sms))):
             self.release(sms, owner)
             return Status.DUPLICATE

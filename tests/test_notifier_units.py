@@ -229,6 +229,21 @@ def test_a_record_made_while_another_holds_the_lease_is_seen_by_the_next_taker(a
     assert ledger.lease(sms, "b") is Status.DUPLICATE
 
 
+def test_a_lease_that_expires_while_two_notifiers_want_it_goes_to_one(any_redis, keys, monkeypatch):
+    ledger, rival = Ledger(any_redis, keys=keys), Ledger(any_redis, keys=keys)
+    sms = _message().sms_id
+    assert ledger.lease(sms, "b") is None
+
+    def get_just_as_it_expires(key):
+        any_redis.delete(key)  # b's lease expires as "a" looks at it ...
+        assert rival.lease(sms, "c") is None  # ... and "c" takes it before "a" does
+        return None  # what "a" saw
+
+    monkeypatch.setattr(any_redis, "get", get_just_as_it_expires)
+    assert ledger.lease(sms, "a") is Status.BUSY
+    assert any_redis.execute_command("GET", ledger.lease_key(sms)) == b"sending:c"
+
+
 def test_ledger_records_of_one_batch_share_a_hash_per_range_of_seqs(any_redis, keys):
     ledger = Ledger(any_redis, keys=keys)
     ids = [SmsId(seq, f"{seq:032x}", 7) for seq in (1, 2, LEDGER_BUCKET_EVENTS + 1)]
