@@ -148,6 +148,13 @@ def test_conflicts_across_append_chunks_never_apply_a_stale_decision(fake_redis,
     assert handler.counters["conflicts"] > 0
 
 
+def _rival_deposits_a_cent(redis_client, keys, rival, session, account) -> None:
+    """The other handler changes ``account`` (between two appends of the handler under test)."""
+    rival_id = send_batch(redis_client, keys, [money("Deposit", account=account, amount=1)], session)
+    drain(rival)
+    assert take_reply(redis_client, keys, rival_id)["results"][0]["ok"]
+
+
 def test_a_version_matching_by_coincidence_in_a_later_chunk_is_not_applied(fake_redis, keys):
     """X (a transfer) conflicts on its target; then a rival bumps the source once, so the next chunk's command,
     decided as if X had applied, expects exactly the source's new version. It must be decided again, not applied
@@ -159,15 +166,10 @@ def test_a_version_matching_by_coincidence_in_a_later_chunk_is_not_applied(fake_
     real_send = handler.appender.send
     calls = []
 
-    def rival_writes(account):
-        rival_id = send_batch(fake_redis, keys, [money("Deposit", account=account, amount=1)], admin)
-        drain(rival)
-        assert take_reply(fake_redis, keys, rival_id)["results"][0]["ok"]
-
     def interleave(commands):
         calls.append(len(commands))
         if len(calls) <= 2:  # before X: the target moves; before Y: the source moves once
-            rival_writes(b if len(calls) == 1 else a)
+            _rival_deposits_a_cent(fake_redis, keys, rival, admin, b if len(calls) == 1 else a)
         return real_send(commands)
 
     handler.appender.send = interleave  # type: ignore[method-assign]
@@ -200,9 +202,7 @@ def test_after_a_conflict_on_a_recipient_the_rest_of_the_batch_is_not_decided_ag
     def credit_the_recipient_first(commands):
         calls.append(len(commands))
         if len(calls) == 1:
-            rival_id = send_batch(fake_redis, keys, [money("Deposit", account=b, amount=1)], admin)
-            drain(rival)
-            assert take_reply(fake_redis, keys, rival_id)["results"][0]["ok"]
+            _rival_deposits_a_cent(fake_redis, keys, rival, admin, b)
         return real_send(commands)
 
     handler.appender.send = credit_the_recipient_first  # type: ignore[method-assign]
