@@ -15,7 +15,7 @@ from commands.decide import Decision, Rejection
 from commands.money import format_cents
 from commands.state import AccountState
 from eventstore.append import AccountWrite, PreparedCommand, PreparedEvent
-from eventstore.envelope import envelope_dict, new_event_id, split_body_around_seq
+from eventstore.envelope import encode_envelope, new_event_id
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
 
@@ -105,25 +105,23 @@ def prepare_decision(
 ) -> PreparedCommand:
     """Envelope, seal and encode an accepted command. ``reply`` replaces the usual success reply (plain mode)."""
     states = decision.new_states
-    writes = [
-        AccountWrite(keys.account(account), before[account].version, changed_fields(vault, before[account], state))
-        for account, state in states.items()
-    ]
+    writes = []
+    for account, state in states.items():
+        previous = before[account]
+        writes.append(AccountWrite(keys.account(account), previous.version, changed_fields(vault, previous, state)))
     events = []
+    command_id = origin.command_id
     for draft in decision.events:
-        body = envelope_dict(
+        prefix, suffix = encode_envelope(
             event_id=new_event_id(),
             event_type=draft.type,
-            accounts=draft.accounts,
-            versions=tuple(states[a].version for a in draft.accounts),
-            command_id=origin.command_id,
-            correlation_id=origin.command_id,
-            causation_id=origin.command_id,
+            accounts=list(draft.accounts),
+            versions=[states[a].version for a in draft.accounts],
+            command_id=command_id,
             actor=origin.actor,
             occurred_at=origin.occurred_at,
             data=_sealed_event_data(vault, draft.data),
         )
-        prefix, suffix = split_body_around_seq(body)
         events.append(PreparedEvent(draft.type, prefix, suffix))
     outcome_key = keys.command_outcome(origin.command_id)
     if reply is not None:

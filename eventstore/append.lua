@@ -26,6 +26,7 @@
 local call = redis.call
 local tonumber = tonumber
 local unpack = unpack
+local tostring = tostring
 local keys = KEYS
 local argv = ARGV
 
@@ -139,7 +140,9 @@ for c = 1, n_commands do
       for _ = 1, n_events do
         seq = seq + 1
         detail = seq
-        call('XADD', log_key, seq .. '-0', 'seq', seq, 'type', argv[p], 'body', argv[p + 1] .. seq .. argv[p + 2])
+        -- Lua numbers are doubles: each conversion to text is a sprintf("%.14g"), so it is made once per event.
+        local text = tostring(seq)
+        call('XADD', log_key, text .. '-0', 'seq', text, 'type', argv[p], 'body', argv[p + 1] .. text .. argv[p + 2])
         p = p + 3
       end
       p = a + 5

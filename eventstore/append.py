@@ -146,11 +146,18 @@ class Appender:
         return parse_results(raw)
 
 
+# The script's status words, as bytes (RESP2 replies) and as text: a dict lookup, not an enum call per command.
+_STATUSES: dict[bytes | str, AppendStatus] = {**{s.value: s for s in AppendStatus},
+                                               **{s.value.encode(): s for s in AppendStatus}}
+
+
 def parse_results(raw: list[bytes | str | int]) -> list[AppendResult]:
     """The script's flat ``{status, seq or stored outcome, ...}`` reply as results, in command order."""
     results = []
     for i in range(0, len(raw), 2):
-        status = AppendStatus(raw[i].decode() if isinstance(raw[i], bytes) else raw[i])
+        status = _STATUSES.get(raw[i])  # type: ignore[arg-type]
+        if status is None:
+            raise AppendError(f"the append script answered an unknown status {raw[i]!r}")
         detail = raw[i + 1]
         if status is AppendStatus.DUPLICATE:
             stored = detail if isinstance(detail, bytes) else str(detail).encode()

@@ -110,6 +110,31 @@ def split_body_around_seq(body_without_seq: dict[str, Any]) -> tuple[bytes, byte
     return encoded[:start], encoded[start + 1 :]
 
 
+def encode_envelope(
+    *,
+    event_id: str,
+    event_type: str,
+    accounts: list[int],
+    versions: list[int],
+    command_id: str,
+    actor: str,
+    occurred_at: str,
+    data: dict[str, Any],
+) -> tuple[bytes, bytes]:
+    """The canonical body of a command's event, whose ``seq`` is not yet known, as ``(prefix, suffix)``.
+
+    The same bytes as :func:`split_body_around_seq` of :func:`envelope_dict` with the command id as correlation
+    and causation, encoded without the placeholder search: ``seq`` sorts after every key but ``type`` and
+    ``versions``, so the prefix is the object of the keys before it and the suffix is written out. This runs
+    once per event on the handlers' hot path.
+    """
+    head = orjson.dumps({"accounts": accounts, "actor": actor, "causation_id": command_id, "command_id": command_id,
+                         "correlation_id": command_id, "data": data, "event_id": event_id,
+                         "occurred_at": occurred_at, "schema": SCHEMA_VERSION}, option=orjson.OPT_SORT_KEYS)
+    return (head[:-1] + b',"seq":',
+            b',"type":' + orjson.dumps(event_type) + b',"versions":' + orjson.dumps(versions) + b"}")
+
+
 def envelope_dict(
     *,
     event_id: str,

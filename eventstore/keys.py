@@ -48,10 +48,10 @@ class Keys:
         return self._k("")
 
     def account(self, account_id: int) -> str:
-        return self._k(f"acct:{account_id}")
+        return f"{{{self.tag}}}:acct:{account_id}"  # one f-string: built several times per command
 
     def command_outcome(self, command_id: str) -> str:
-        return self._k(f"cmd:{command_id}")
+        return f"{{{self.tag}}}:cmd:{command_id}"
 
     def reply(self, request_id: str) -> str:
         return self._k(f"reply:{request_id}")

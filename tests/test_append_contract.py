@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventstore.append import (
     AccountWrite,
@@ -13,7 +15,7 @@ from eventstore.append import (
     PreparedCommand,
     PreparedEvent,
 )
-from eventstore.envelope import canonical_json, envelope_dict, split_body_around_seq
+from eventstore.envelope import canonical_json, encode_envelope, envelope_dict, split_body_around_seq
 from eventstore.keys import Keys
 from eventstore.log import LogFollower, iterate, last_seq, read_range
 
@@ -146,3 +148,26 @@ def test_counts_must_be_non_negative_integers(any_redis, keys, count):
             appender.run_encoded(script_keys, [*args[:position], count, *args[position + 1:]])
     assert last_seq(any_redis, keys) == 0
     assert any_redis.get(keys.command_outcome("a")) is None
+
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | _TEXT,
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+                     max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_type=_TEXT, accounts=st.lists(st.integers(0, 2**40), max_size=3),
+       versions=st.lists(st.integers(0, 2**40), max_size=3), command_id=_TEXT.filter(bool), actor=_TEXT,
+       data=st.dictionaries(_TEXT, _JSON, max_size=4), seq=st.integers(1, 2**53))
+def test_the_handlers_envelope_encoding_is_the_canonical_body(event_type, accounts, versions, command_id, actor,
+                                                             data, seq):
+    """The hot path's encoder writes the same bytes as canonical JSON of the whole envelope, for any content."""
+    prefix, suffix = encode_envelope(event_id="e" * 32, event_type=event_type, accounts=accounts, versions=versions,
+                                     command_id=command_id, actor=actor, occurred_at="2026-11-25T00:00:00.000000Z",
+                                     data=data)
+    whole = envelope_dict(event_id="e" * 32, event_type=event_type, accounts=tuple(accounts), versions=tuple(versions),
+                          command_id=command_id, correlation_id=command_id, causation_id=command_id, actor=actor,
+                          occurred_at="2026-11-25T00:00:00.000000Z", data=data)
+    assert prefix + str(seq).encode() + suffix == canonical_json({**whole, "seq": seq})
+    assert (prefix, suffix) == split_body_around_seq(whole)
