@@ -22,7 +22,7 @@ import redis
 from auth_zkp.principal import ADMIN_ACCOUNT_ID
 from commands.state import AccountState
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
-from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
+from eventstore.envelope import encode_envelope, utc_timestamp
 from eventstore.keyfiles import create_private_file
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault, create_master_key
@@ -83,12 +83,10 @@ def admin_exists(client: redis.Redis, keys: Keys) -> bool:
 
 
 def _prepared_event(event_type: str, data: dict[str, Any], occurred_at: str) -> PreparedEvent:
-    body = envelope_dict(
+    prefix, suffix = encode_envelope(
         event_id=uuid.uuid4().hex, event_type=event_type, accounts=(ADMIN_ACCOUNT_ID,), versions=(1,),
-        command_id=INIT_COMMAND_ID, correlation_id=INIT_COMMAND_ID, causation_id=INIT_COMMAND_ID,
-        actor=INIT_ACTOR, occurred_at=occurred_at, data=data,
+        command_id=INIT_COMMAND_ID, actor=INIT_ACTOR, occurred_at=occurred_at, data=data,
     )
-    prefix, suffix = split_body_around_seq(body)
     return PreparedEvent(event_type, prefix, suffix)
 
 

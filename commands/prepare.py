@@ -115,7 +115,7 @@ def prepare_decision(
         prefix, suffix = encode_envelope(
             event_id=new_event_id(),
             event_type=draft.type,
-            accounts=list(draft.accounts),
+            accounts=draft.accounts,
             versions=[states[a].version for a in draft.accounts],
             command_id=command_id,
             actor=origin.actor,

@@ -2,14 +2,15 @@
 
 The stored stream entry holds ``seq``, ``type`` and ``body``: the canonical JSON of the whole envelope (sorted
 keys, no whitespace, UTF-8). ``digest`` is SHA-256 of ``body``. Because ``seq`` is assigned inside the append
-script, the writer encodes the body once with a placeholder and splits it around the ``seq`` value; the script
-joins ``prefix .. seq .. suffix``, which is byte-for-byte what :func:`canonical_json` would produce.
+script, the writer encodes the body around the ``seq`` value (:func:`encode_envelope`); the script joins
+``prefix .. seq .. suffix``, which is byte-for-byte what :func:`canonical_json` would produce.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -17,7 +18,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
-_SEQ_PLACEHOLDER = b'"seq":0,'
 
 EVENT_TYPES = frozenset(
     {
@@ -97,71 +97,28 @@ def parse_utc_timestamp(text: str | None) -> datetime | None:
         return None
 
 
-def split_body_around_seq(body_without_seq: dict[str, Any]) -> tuple[bytes, bytes]:
-    """Encode an envelope whose ``seq`` is not yet known into ``(prefix, suffix)``.
-
-    The top-level ``seq`` key sorts after ``data``, so the last occurrence of the placeholder is the real one;
-    the keys after it (``type``, ``versions``) cannot contain it.
-    """
-    encoded = canonical_json({**body_without_seq, "seq": 0})
-    cut = encoded.rfind(_SEQ_PLACEHOLDER)
-    assert cut > 0, "envelope lost its seq placeholder"
-    start = cut + len(b'"seq":')
-    return encoded[:start], encoded[start + 1 :]
-
-
 def encode_envelope(
     *,
     event_id: str,
     event_type: str,
-    accounts: list[int],
-    versions: list[int],
+    accounts: Sequence[int],
+    versions: Sequence[int],
     command_id: str,
     actor: str,
     occurred_at: str,
     data: dict[str, Any],
 ) -> tuple[bytes, bytes]:
-    """The canonical body of a command's event, whose ``seq`` is not yet known, as ``(prefix, suffix)``.
+    """The canonical body of a command's event (DESIGN §4), whose ``seq`` is not yet known, as ``(prefix, suffix)``.
 
-    The same bytes as :func:`split_body_around_seq` of :func:`envelope_dict` with the command id as correlation
-    and causation, encoded without the placeholder search: ``seq`` sorts after every key but ``type`` and
-    ``versions``, so the prefix is the object of the keys before it and the suffix is written out. This runs
-    once per event on the handlers' hot path.
+    The command id is also the correlation and causation id. ``seq`` sorts after every key but ``type`` and
+    ``versions``: the prefix is the object of the keys before it, the suffix is written out. Runs once per event
+    on the handlers' hot path.
     """
     head = orjson.dumps({"accounts": accounts, "actor": actor, "causation_id": command_id, "command_id": command_id,
                          "correlation_id": command_id, "data": data, "event_id": event_id,
                          "occurred_at": occurred_at, "schema": SCHEMA_VERSION}, option=orjson.OPT_SORT_KEYS)
     return (head[:-1] + b',"seq":',
             b',"type":' + orjson.dumps(event_type) + b',"versions":' + orjson.dumps(versions) + b"}")
-
-
-def envelope_dict(
-    *,
-    event_id: str,
-    event_type: str,
-    accounts: tuple[int, ...],
-    versions: tuple[int, ...],
-    command_id: str,
-    correlation_id: str,
-    causation_id: str,
-    actor: str,
-    occurred_at: str,
-    data: dict[str, Any],
-) -> dict[str, Any]:
-    """The envelope of DESIGN §4 without ``seq``, ready for :func:`split_body_around_seq`."""
-    return {
-        "event_id": event_id,
-        "type": event_type,
-        "schema": SCHEMA_VERSION,
-        "accounts": list(accounts),
-        "versions": list(versions),
-        "command_id": command_id,
-        "correlation_id": correlation_id,
-        "causation_id": causation_id,
-        "actor": actor,
-        "occurred_at": occurred_at,
-        "data": data,
-    }
 
 
 class StoredEvent(NamedTuple):

@@ -33,7 +33,7 @@ from commands.models import (
 from commands.prepare import Origin, prepare_decision
 from commands.state import AccountState, state_from_hash
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
-from eventstore.envelope import envelope_dict, split_body_around_seq, utc_timestamp
+from eventstore.envelope import encode_envelope, utc_timestamp
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
 
@@ -115,10 +115,9 @@ class EventFactory:
         events = []
         for event_type, data in (("AccountOpened", {"account": 0, "role": "admin", "sms_opt_in": False}),
                                  ("CredentialsRegistered", {"account": 0, "salt": "0" * 32, "kdf": {}})):
-            body = envelope_dict(event_id=uuid.uuid4().hex, event_type=event_type, accounts=(0,), versions=(1,),
-                                 command_id="init", correlation_id="init", causation_id="init", actor="system:init",
-                                 occurred_at=utc_timestamp(datetime.now(UTC)), data=data)
-            events.append(PreparedEvent(event_type, *split_body_around_seq(body)))
+            events.append(PreparedEvent(event_type, *encode_envelope(
+                event_id=uuid.uuid4().hex, event_type=event_type, accounts=(0,), versions=(1,), command_id="init",
+                actor="system:init", occurred_at=utc_timestamp(datetime.now(UTC)), data=data)))
         command = PreparedCommand(self.keys.command_outcome("init"),
                                   [AccountWrite(self.keys.account(0), 0, state.to_fields())], events,
                                   b'{"ok":true,"seq":', b"}")

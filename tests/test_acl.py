@@ -17,7 +17,7 @@ from auth_zkp.sessions import AuthenticatedSession, SessionStore, new_exchange_k
 from bankctl.acl import ROLES, acl_file_path, credentials, write_acl_file
 from bankctl.embedded_redis import start_redis
 from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedCommand, PreparedEvent
-from eventstore.envelope import envelope_dict, split_body_around_seq
+from eventstore.envelope import encode_envelope
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
 
@@ -53,11 +53,9 @@ def connect(acl_server):
 
 
 def _deposit_command(keys: Keys, command_id: str) -> PreparedCommand:
-    body = envelope_dict(event_id=f"{command_id:0>32}", event_type="MoneyDeposited", accounts=(1,), versions=(1,),
-                         command_id=command_id, correlation_id=command_id, causation_id=command_id,
-                         actor="customer:1", occurred_at="2026-11-24T00:00:00.000000Z",
-                         data={"account": 1, "amount": 5})
-    prefix, suffix = split_body_around_seq(body)
+    prefix, suffix = encode_envelope(event_id=f"{command_id:0>32}", event_type="MoneyDeposited", accounts=(1,),
+                                     versions=(1,), command_id=command_id, actor="customer:1",
+                                     occurred_at="2026-11-24T00:00:00.000000Z", data={"account": 1, "amount": 5})
     return PreparedCommand(keys.command_outcome(command_id),
                            [AccountWrite(keys.account(1), 0, {"version": 1, "balance": 5})],
                            [PreparedEvent("MoneyDeposited", prefix, suffix)], b'{"ok":true,"seq":', b"}")

@@ -15,18 +15,17 @@ from eventstore.append import (
     PreparedCommand,
     PreparedEvent,
 )
-from eventstore.envelope import canonical_json, encode_envelope, envelope_dict, split_body_around_seq
+from eventstore.envelope import SCHEMA_VERSION, canonical_json, encode_envelope
 from eventstore.keys import Keys
 from eventstore.log import LogFollower, iterate, last_seq, read_range
 
 
 def _event(keys: Keys, command_id: str, account: int, version: int, amount: int) -> PreparedEvent:
-    body = envelope_dict(
+    prefix, suffix = encode_envelope(
         event_id=f"{command_id:0>32}", event_type="MoneyDeposited", accounts=(account,), versions=(version,),
-        command_id=command_id, correlation_id=command_id, causation_id=command_id, actor="customer:1",
-        occurred_at="2026-11-24T00:00:00.000000Z", data={"account": account, "amount": amount},
+        command_id=command_id, actor="customer:1", occurred_at="2026-11-24T00:00:00.000000Z",
+        data={"account": account, "amount": amount},
     )
-    prefix, suffix = split_body_around_seq(body)
     return PreparedEvent("MoneyDeposited", prefix, suffix)
 
 
@@ -160,14 +159,14 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | _T
 @given(event_type=_TEXT, accounts=st.lists(st.integers(0, 2**40), max_size=3),
        versions=st.lists(st.integers(0, 2**40), max_size=3), command_id=_TEXT.filter(bool), actor=_TEXT,
        data=st.dictionaries(_TEXT, _JSON, max_size=4), seq=st.integers(1, 2**53))
-def test_the_handlers_envelope_encoding_is_the_canonical_body(event_type, accounts, versions, command_id, actor,
-                                                             data, seq):
-    """The hot path's encoder writes the same bytes as canonical JSON of the whole envelope, for any content."""
-    prefix, suffix = encode_envelope(event_id="e" * 32, event_type=event_type, accounts=accounts, versions=versions,
-                                     command_id=command_id, actor=actor, occurred_at="2026-11-25T00:00:00.000000Z",
+def test_an_event_encoded_around_its_seq_is_the_canonical_body_of_the_whole_envelope(
+        event_type, accounts, versions, command_id, actor, data, seq):
+    """Prefix, seq and suffix joined are canonical JSON of the whole envelope of DESIGN §4, for any content."""
+    occurred_at = "2026-11-25T00:00:00.000000Z"
+    prefix, suffix = encode_envelope(event_id="e" * 32, event_type=event_type, accounts=tuple(accounts),
+                                     versions=versions, command_id=command_id, actor=actor, occurred_at=occurred_at,
                                      data=data)
-    whole = envelope_dict(event_id="e" * 32, event_type=event_type, accounts=tuple(accounts), versions=tuple(versions),
-                          command_id=command_id, correlation_id=command_id, causation_id=command_id, actor=actor,
-                          occurred_at="2026-11-25T00:00:00.000000Z", data=data)
-    assert prefix + str(seq).encode() + suffix == canonical_json({**whole, "seq": seq})
-    assert (prefix, suffix) == split_body_around_seq(whole)
+    envelope = {"event_id": "e" * 32, "type": event_type, "schema": SCHEMA_VERSION, "seq": seq, "accounts": accounts,
+                "versions": versions, "command_id": command_id, "correlation_id": command_id,
+                "causation_id": command_id, "actor": actor, "occurred_at": occurred_at, "data": data}
+    assert prefix + str(seq).encode() + suffix == canonical_json(envelope)

@@ -148,37 +148,40 @@ def test_conflicts_across_append_chunks_never_apply_a_stale_decision(fake_redis,
     assert handler.counters["conflicts"] > 0
 
 
-def _rival_deposits_a_cent(redis_client, keys, rival, session, account) -> None:
-    """The other handler changes ``account`` (between two appends of the handler under test)."""
-    rival_id = send_batch(redis_client, keys, [money("Deposit", account=account, amount=1)], session)
-    drain(rival)
-    assert take_reply(redis_client, keys, rival_id)["results"][0]["ok"]
+def _handler_with_a_rival(redis_client, keys, credited_before_appends):
+    """A handler appending one command per call, two accounts with 10.00 each, and a rival handler that deposits
+    one cent into ``credited_before_appends(a, b)[n]`` just before the handler's append number ``n`` (0-based)."""
+    handler = make_handler(redis_client, keys, append_chunk=1)
+    [a, b] = open_accounts(redis_client, keys, handler, 2, deposit_cents=1_000)
+    rival = make_handler(redis_client, keys, name="handler-2")
+    admin = admin_session(redis_client, keys)
+    credited = credited_before_appends(a, b)
+    real_send = handler.appender.send
+    appends = 0
+
+    def send(commands):
+        nonlocal appends
+        if appends < len(credited):
+            rival_id = send_batch(redis_client, keys, [money("Deposit", account=credited[appends], amount=1)], admin)
+            drain(rival)
+            assert take_reply(redis_client, keys, rival_id)["results"][0]["ok"]
+        appends += 1
+        return real_send(commands)
+
+    handler.appender.send = send  # type: ignore[method-assign]
+    return handler, a, b
 
 
 def test_a_version_matching_by_coincidence_in_a_later_chunk_is_not_applied(fake_redis, keys):
     """X (a transfer) conflicts on its target; then a rival bumps the source once, so the next chunk's command,
     decided as if X had applied, expects exactly the source's new version. It must be decided again, not applied
     on a balance that never existed."""
-    handler = make_handler(fake_redis, keys, append_chunk=1)
-    [a, b] = open_accounts(fake_redis, keys, handler, 2, deposit_cents=1_000)
-    rival = make_handler(fake_redis, keys, name="handler-2")
-    admin = admin_session(fake_redis, keys)
-    real_send = handler.appender.send
-    calls = []
-
-    def interleave(commands):
-        calls.append(len(commands))
-        if len(calls) <= 2:  # before X: the target moves; before Y: the source moves once
-            _rival_deposits_a_cent(fake_redis, keys, rival, admin, b if len(calls) == 1 else a)
-        return real_send(commands)
-
-    handler.appender.send = interleave  # type: ignore[method-assign]
+    # before X: the target moves; before Y: the source moves once
+    handler, a, b = _handler_with_a_rival(fake_redis, keys, lambda a, b: [b, a])
     me = session_for(fake_redis, keys, a)
     request_id = send_batch(fake_redis, keys, [money("Transfer", account=a, to=b, amount=600),
                                                money("Withdraw", account=a, amount=400),
                                                money("Deposit", account=a, amount=1)], me)  # 3 > 2 chunks: split
-    handler.poll_once(block_ms=None)
-    handler.appender.send = real_send  # type: ignore[method-assign]
     drain(handler)
     events = log_payloads(fake_redis, keys)
     for event in events:  # every balance_after the log states is the balance replayed up to that event
@@ -192,20 +195,7 @@ def test_after_a_conflict_on_a_recipient_the_rest_of_the_batch_is_not_decided_ag
     """A transfer conflicts because the other handler credited its recipient. Decided again it leaves the sender's
     account as before, so the later commands (already decided on top of it) are appended as decided the first
     time: only the transfer is decided twice, and every balance the log states is still the replayed one."""
-    handler = make_handler(fake_redis, keys, append_chunk=1)
-    [a, b] = open_accounts(fake_redis, keys, handler, 2, deposit_cents=1_000)
-    rival = make_handler(fake_redis, keys, name="handler-2")
-    admin = admin_session(fake_redis, keys)
-    real_send = handler.appender.send
-    calls = []
-
-    def credit_the_recipient_first(commands):
-        calls.append(len(commands))
-        if len(calls) == 1:
-            _rival_deposits_a_cent(fake_redis, keys, rival, admin, b)
-        return real_send(commands)
-
-    handler.appender.send = credit_the_recipient_first  # type: ignore[method-assign]
+    handler, a, b = _handler_with_a_rival(fake_redis, keys, lambda a, b: [b])
     me = session_for(fake_redis, keys, a)
     decided_before = handler.counters["events"]
     request_id = send_batch(fake_redis, keys, [money("Transfer", account=a, to=b, amount=600)]
