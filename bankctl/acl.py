@@ -55,12 +55,13 @@ def role_rules(role: str, keys: Keys) -> str:
                 f"%R~{p}dek:* %R~{p}acct:* ~{p}queries ~{p}reply:* ~{p}dead:* ~{p}worker:* "
                 f"{_STREAM_GROUP} +xadd +xdel +xtrim +rpush +expire +hset +del +@transaction")
     if role == "notifier":
-        # The log only through its consumer group (XREADGROUP needs write access to the key, so no
-        # XADD/XDEL/XTRIM on it); its own bookkeeping keys in a selector.
-        return (f"resetkeys resetchannels -@all {_CONNECTION} ~{p}events +xread +xrange +xlen {_STREAM_GROUP} "
-                f"(%R~{p}dek:* %R~{p}seq +get +mget +exists) "
+        # The log read-only (its lease and checkpoint are keys of its own; the group info is read once, to
+        # start where the consumer group of older notifiers left off); its bookkeeping keys in a selector,
+        # with the scripts that take the lease and move the checkpoint.
+        return (f"resetkeys resetchannels -@all {_CONNECTION} %R~{p}events +xread +xrange +xlen +xinfo|groups "
+                f"+xpending (%R~{p}dek:* %R~{p}seq +get +mget +exists) "
                 f"(~{p}dead:* ~{p}worker:* ~{p}notifier:* ~{p}notify:* ~{p}sms:* {_SAFE_READ} +@write +@stream "
-                f"+@hash +@string +@list +@keyspace +@transaction)")
+                f"+@hash +@string +@list +@keyspace +@transaction +evalsha +eval +script|load)")
     if role == "sealer":
         return (f"resetkeys resetchannels -@all {_CONNECTION} {_SAFE_READ} %R~{p}events %R~{p}seq ~{p}seals "
                 f"~{p}worker:* +xadd +hset +expire +del +@transaction")

@@ -27,6 +27,7 @@ from eventstore.append import Appender, AppendStatus
 from eventstore.envelope import utc_timestamp
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault, load_master_key
+from notifier.lease import read_checkpoint
 
 FILL_BATCH = 500
 FILL_ACTOR = "system:bench"
@@ -106,17 +107,6 @@ def audit_rate(client: redis.Redis, keys: Keys, data_dir: Path, databases: dict[
             "ok": report.ok, "findings": [f.to_json() for f in report.findings[:5]]}
 
 
-def group_position(client: redis.Redis, stream: str, group: str) -> tuple[int, int]:
-    """The seq a consumer group of the log has been delivered up to, and its pending count."""
-    for info in client.xinfo_groups(stream):
-        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-        if name == group:
-            last = info["last-delivered-id"]
-            last = last.decode() if isinstance(last, bytes) else last
-            return int(last.split("-")[0]), int(info["pending"])
-    return 0, 0
-
-
 def outbox_lines(data_dir: Path) -> int:
     path = data_dir / "outbox.jsonl"
     if not path.exists():
@@ -125,13 +115,12 @@ def outbox_lines(data_dir: Path) -> int:
         return sum(1 for _ in handle)
 
 
-def wait_group_caught_up(client: redis.Redis, keys: Keys, group: str, timeout_s: float = 120.0) -> float:
-    """Seconds until ``group`` has been delivered the head and has nothing pending (raises on timeout)."""
+def wait_notifier_caught_up(client: redis.Redis, keys: Keys, timeout_s: float = 120.0) -> float:
+    """Seconds until the notifier's checkpoint reaches the head as it was at the call (raises on timeout)."""
     began = time.monotonic()
     target, _ = head(client, keys)
     while time.monotonic() - began < timeout_s:
-        delivered, pending = group_position(client, keys.events, group)
-        if delivered >= target and pending == 0:
+        if read_checkpoint(client, keys) >= target:
             return time.monotonic() - began
         time.sleep(0.02)
-    raise RuntimeError(f"consumer group {group} did not reach seq {target} within {timeout_s:.0f}s")
+    raise RuntimeError(f"the notifier did not reach seq {target} within {timeout_s:.0f}s")

@@ -33,11 +33,10 @@ from bankctl.bench_probe import (
     wait_caught_up,
     worker_counters,
 )
-from bankctl.bench_rates import audit_rate, fill_log, outbox_lines, rebuild_rate, wait_group_caught_up
+from bankctl.bench_rates import audit_rate, fill_log, outbox_lines, rebuild_rate, wait_notifier_caught_up
 from eventstore.log import iterate
 
 WRITE_MODES = ("sequential", "batched", "pipelined", "paced")
-NOTIFIER_GROUP = "notifier"
 MONEY_EVENTS = frozenset({"MoneyDeposited", "MoneyWithdrawn", "MoneyTransferred"})
 
 
@@ -309,7 +308,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
             finally:
                 sampler.stop()
             catch_ups.append(wait_caught_up(client, bank.keys, databases))
-            wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP, timeout_s=300.0)
+            wait_notifier_caught_up(client, bank.keys, timeout_s=300.0)
             meter.stop(summary["commands"])
             seq_after, _ = head(client, bank.keys)
             if seq_after > seq_before:
@@ -326,7 +325,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
                 # Start each paced run on a quiet bank: the notifier's backlog from the batched runs would
                 # otherwise compete for the two cores and be measured as command latency.
                 wait_caught_up(client, bank.keys, databases)
-                wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP, timeout_s=300.0)
+                wait_notifier_caught_up(client, bank.keys, timeout_s=300.0)
                 progress(f"full system: paced {rate:,.0f}/s, run {run + 1}/{options.runs}")
                 summary, _ = _run(bank, sessions, ledger, mode="paced", clients=paced_clients(options, rate),
                                   rate=rate, operations=int(rate * options.paced_seconds), seed=200 + run)
@@ -335,7 +334,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
         per_run = []
         for run in range(options.runs):
             wait_caught_up(client, bank.keys, databases)
-            wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP, timeout_s=300.0)
+            wait_notifier_caught_up(client, bank.keys, timeout_s=300.0)
             progress(f"full system: queries paced {options.query_rate:,.0f}/s, run {run + 1}/{options.runs}")
             summary, _ = _run(bank, sessions, ledger, mode="queries",
                               clients=paced_clients(options, options.query_rate),
@@ -358,7 +357,7 @@ def full_system_phase(options: BenchOptions, progress: Progress = _quiet) -> dic
                 filled = {"events": result.events, "seconds": round(result.seconds, 2),
                           "events_per_s": result.events / result.seconds if result.seconds else 0.0}
             wait_caught_up(client, bank.keys, databases, timeout_s=max(60.0, options.fill_events / 5_000))
-        wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP)
+        wait_notifier_caught_up(client, bank.keys)
         time.sleep(1.5)  # the sealer seals the head at most a second later
         rebuilds, audits = [], []
         for run in range(options.runs):
@@ -401,7 +400,7 @@ def notifier_phase(bank: BenchBank, sessions: dict[int, str], ledger: Ledger, op
                    progress: Progress) -> dict[str, Any]:
     """Stop the notifier, let events pile up, start it again and time its catch-up into the outbox."""
     client = bank.client()
-    wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP)
+    wait_notifier_caught_up(client, bank.keys)
     per_run = []
     for run in range(options.runs):
         progress(f"full system: notifier catch-up, run {run + 1}/{options.runs}")
@@ -413,7 +412,7 @@ def notifier_phase(bank: BenchBank, sessions: dict[int, str], ledger: Ledger, op
         lines = outbox_lines(bank.data_dir)
         bank.restart_worker("notifier")
         bank.wait_for_heartbeats()
-        seconds = wait_group_caught_up(client, bank.keys, NOTIFIER_GROUP)
+        seconds = wait_notifier_caught_up(client, bank.keys)
         sms = outbox_lines(bank.data_dir) - lines
         events = backlog_to - backlog_from
         per_run.append({"events": events, "sms": sms, "seconds": seconds,

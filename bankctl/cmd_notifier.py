@@ -29,7 +29,7 @@ def notifier_group() -> None:
 @json_option
 @click.pass_obj
 def status_command(settings: Settings, as_json: bool) -> None:
-    """Lag (events not yet delivered), pending (not yet acknowledged) and dead letters."""
+    """The active notifier, its checkpoint and lag (events not yet settled), and dead letters."""
     try:
         info = notifier_status(_connect(settings), settings.keys)
     except redis.RedisError as error:
@@ -37,9 +37,8 @@ def status_command(settings: Settings, as_json: bool) -> None:
     data: dict[str, Any] = {"ok": True, **info}
 
     def human() -> str:
-        consumers = ", ".join(f"{name}: {count}" for name, count in info["consumers"].items()) or "none"
-        return (f"head seq {info['head_seq']}  lag {info['lag']}  pending {info['pending']}  "
-                f"dead letters {info['dead_letters']}  (pending per consumer: {consumers})")
+        return (f"head seq {info['head_seq']}  checkpoint {info['checkpoint']}  lag {info['lag']}  "
+                f"dead letters {info['dead_letters']}  active notifier: {info['active'] or 'none'}")
 
     emit(as_json, data, human)
 

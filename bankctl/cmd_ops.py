@@ -103,7 +103,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         head = (f"redis {report['redis']}{bus}; log length {report['log_length']}, last seq {report['last_seq']}, "
                 f"{report['commands_waiting']} commands waiting")
         sms = report["notifier"]
-        tail = (f"SMS: {sms['lag']} events not yet delivered to a notifier, {sms['pending']} in flight, "
+        tail = (f"SMS: {sms['lag']} events not yet settled by a notifier (active: {sms['active'] or 'none'}), "
                 f"{sms['dead_letters']} dead letters")
         return head + "\n" + table(rows, ["worker", "kind", "pid", "alive", "pending", "beat"]) + "\n" + tail
 

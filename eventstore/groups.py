@@ -33,6 +33,24 @@ def _entries(raw: Sequence) -> list[Entry]:
     return out
 
 
+def dead_letter_record(
+    stream: str, entry_id: str, consumer: str, fields: Mapping[bytes, bytes], reason: str
+) -> dict[str | bytes, bytes | str]:
+    """What a dead-letter stream keeps of an entry: where it came from, who gave up and why, and its fields
+    (without passwords or secrets, each cut to :data:`MAX_DEAD_LETTER_FIELD`) under ``f:<name>``."""
+    record: dict[str | bytes, bytes | str] = {
+        "reason": reason[:1000],
+        "origin_stream": stream,
+        "origin_id": entry_id,
+        "consumer": consumer,
+    }
+    for name, value in fields.items():
+        if name in (b"password", b"secret"):
+            continue
+        record[b"f:" + name] = value[:MAX_DEAD_LETTER_FIELD]
+    return record
+
+
 class ConsumerGroup:
     """One consumer's view of a stream read in a group."""
 
@@ -101,16 +119,7 @@ class ConsumerGroup:
         ``store`` keeps the dead letter on another (durable) Redis than the group's: it is written there first,
         so a crash in between parks the entry twice rather than never.
         """
-        record: dict[str | bytes, bytes | str] = {
-            "reason": reason[:1000],
-            "origin_stream": self.stream,
-            "origin_id": entry_id,
-            "consumer": self.consumer,
-        }
-        for name, value in fields.items():
-            if name in (b"password", b"secret"):
-                continue
-            record[b"f:" + name] = value[:MAX_DEAD_LETTER_FIELD]
+        record = dead_letter_record(self.stream, entry_id, self.consumer, fields, reason)
         pipe = self.client.pipeline(transaction=True)
         if store is None or store is self.client:
             pipe.xadd(dead_stream, record, maxlen=100_000, approximate=True)

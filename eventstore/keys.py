@@ -80,6 +80,16 @@ class Keys:
         """The delivery records (sent or dead) of the SMS about one range of seqs: the notifier's dedupe hash."""
         return self._k(f"sms:ledger:{bucket}")
 
+    @property
+    def notifier_lease(self) -> str:
+        """Which notifier is the active one (its name, with an expiry it keeps renewing)."""
+        return self._k("notifier:lease")
+
+    @property
+    def notifier_checkpoint(self) -> str:
+        """The seq up to which every event's messages are sent, already sent, skipped or dead-lettered."""
+        return self._k("notifier:checkpoint")
+
     def notifier_outbox_offset(self, outbox_digest: str) -> str:
         """Byte offset up to which an outbox file's lines are recorded in the delivery ledger."""
         return self._k(f"notifier:outbox:{outbox_digest}:offset")

@@ -16,7 +16,7 @@ Failure classes (see :func:`classify`):
 - permanent for this recipient or message (HTTP 4xx with a Twilio code such as 21211 invalid number, 21610
   unsubscribed, 21614 not a mobile): dead-letter at once with the code;
 - fatal (HTTP 401/403, 20003 authentication, 21606/21212/21659/21660 bad sender, 20404 unknown account): the
-  worker stops with a clear message, leaving its events unacknowledged for after the fix.
+  worker stops with a clear message, its checkpoint left before the event for after the fix.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The contact directory: who may be texted, at which number, rebuilt from the log itself.
 
-Why from the log and not from the consumer group: with two notifiers in one group each sees only part of the
-events, and a restarted notifier sees only what was never acknowledged. So the directory follows ``{bank}:events``
-by seq on its own (XRANGE, gapless), and before a batch is handled it is brought up to at least the batch's
-highest seq. On start it is empty and catches up from seq 1 (choice: rebuild from the log on start; it reads only
+Why the whole log and not only what the notifier texts about: a notifier starts at its checkpoint, but the
+contacts it needs were opened and updated anywhere before. So the directory follows ``{bank}:events`` by seq on its
+own (XRANGE, gapless) up to the head when a notifier becomes the active one, and then takes every event the
+notifier reads. On start it is empty and catches up from seq 1 (choice: rebuild from the log on start; it reads only
 the fields ``seq``/``type`` of uninteresting entries, so a million-event log costs seconds, and there is no second
 copy of contact data to keep consistent or to erase).
 
@@ -107,16 +107,6 @@ class ContactDirectory:
             if event_type in DIRECTORY_TYPES:
                 self.apply(event_type, orjson.loads(body)["data"], seq)
             self.applied_seq = seq
-
-    def apply_entries_while_contiguous(self, entries: Iterable[tuple[int, bytes, bytes]]) -> None:
-        """Apply ``(seq, type, body)`` entries as long as they continue :attr:`applied_seq` without a gap (log
-        entries a caller read anyway); the first gap ends it, and :meth:`catch_up` reads the rest."""
-        for seq, event_type, body in sorted(entries):
-            if seq <= self.applied_seq:
-                continue
-            if seq != self.applied_seq + 1:
-                return
-            self.apply_entries([(seq, event_type.decode(), body)])
 
     def prefetch_phones(self, accounts: Iterable[int]) -> None:
         """Fetch the data keys of the contacts whose number is not open yet, in one round trip."""

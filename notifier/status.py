@@ -8,8 +8,8 @@ import redis
 
 from eventstore.keys import Keys
 from eventstore.log import last_seq
+from notifier.lease import active_notifier, read_checkpoint
 
-GROUP = "notifier"
 DEAD_NAME = "notifier"
 
 
@@ -18,24 +18,12 @@ def _text(value: Any) -> str:
 
 
 def notifier_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """``lag``: events not yet delivered to any notifier; ``pending``: delivered, not yet acknowledged."""
+    """``checkpoint``: every event up to it is settled; ``lag``: events after it (read or not); ``active``: the
+    notifier holding the lease, ``None`` when none is running."""
     head = last_seq(client, keys)
-    group: dict[str, Any] | None = None
-    try:
-        for row in client.xinfo_groups(keys.events):
-            if _text(row["name"]) == GROUP:
-                group = row
-    except redis.ResponseError:
-        group = None
-    dead = int(client.xlen(keys.dead(DEAD_NAME)))
-    if group is None:
-        return {"group": False, "head_seq": head, "lag": head, "pending": 0, "dead_letters": dead,
-                "consumers": {}}
-    delivered = int(_text(group["last-delivered-id"]).split("-", 1)[0])
-    pending = client.xpending(keys.events, GROUP)
-    consumers = {_text(row["name"]): int(row["pending"]) for row in pending.get("consumers") or []}
-    return {"group": True, "head_seq": head, "delivered_seq": delivered, "lag": max(head - delivered, 0),
-            "pending": int(group["pending"]), "dead_letters": dead, "consumers": consumers}
+    checkpoint = read_checkpoint(client, keys)
+    return {"head_seq": head, "checkpoint": checkpoint, "lag": max(head - checkpoint, 0),
+            "active": active_notifier(client, keys), "dead_letters": int(client.xlen(keys.dead(DEAD_NAME)))}
 
 
 def dead_letters(client: redis.Redis, keys: Keys, *, limit: int = 50) -> list[dict[str, str]]:

@@ -1,14 +1,15 @@
-"""The notifier worker: follows ``{bank}:events`` in consumer group ``notifier`` and texts account holders.
+"""The notifier worker: follows ``{bank}:events`` from its checkpoint and texts account holders (DESIGN §1, §6).
 
-One iteration (:meth:`Notifier.poll_once`): read a batch (own pending entries first after a start, then entries
-idle too long at a dead peer via XAUTOCLAIM about once a second, then new ones), bring the contact directory up
-to the batch, turn events into messages, send the due ones through the sender, classify failures, and
-acknowledge each event once every message it called for is sent, already sent, or dead-lettered.
+One notifier is active at a time: the holder of the lease (``notifier.lease``); any others stand by and take over
+within :data:`notifier.lease.LEASE_MS` of its death. One iteration of the active one (:meth:`Notifier.poll_once`):
+read the events after the last one read, bring the contact directory up to them, turn events into messages, send
+the due ones through the sender, classify failures, and move the checkpoint (renewing the lease in the same
+script) to just before the oldest event with a message still waiting.
 
-Why it is safe to kill at any moment: an event is acknowledged only after its messages are recorded in the
-dedupe ledger, and the outbox write is reconciled with the ledger (see ``notifier.senders.OutboxSender``), so a
-redelivered event never produces a second outbox line. Messages waiting for a retry keep their events pending;
-the worker refreshes their idle time so a healthy peer does not take them over, and stops reading new events
+Why it is safe to kill at any moment: an event is behind the checkpoint only once every message it called for is
+recorded in the dedupe ledger, and the outbox write is reconciled with the ledger (see
+``notifier.senders.OutboxSender``), so an event read again after a restart or a takeover never produces a second
+outbox line or SMS. Messages waiting for a retry hold the checkpoint back, and the worker stops reading new events
 when too many messages wait (a bounded queue). Banking never waits for this process: it only reads the log.
 """
 
@@ -29,9 +30,10 @@ import orjson
 import redis
 
 from eventstore.connection import MAX_BLOCK_MS, connect, connect_bus
-from eventstore.groups import ConsumerGroup, Entry
+from eventstore.envelope import StoredEvent
+from eventstore.groups import dead_letter_record
 from eventstore.keys import KEYS, Keys
-from eventstore.log import last_seq
+from eventstore.log import LogFollower, last_seq
 from eventstore.pii import PersonalDataVault, load_master_key
 from eventstore.worker import (
     LAST_IN_LINE_NICE,
@@ -52,26 +54,27 @@ from notifier.delivery import (
     fatal_exit_code,
 )
 from notifier.directory import ContactDirectory, ContactUnreadable, DirectoryGap
+from notifier.lease import LEASE_MS, NotifierLease, position_of_legacy_group
 from notifier.senders import Sender, SenderNotConfigured, sender_from_env
-from notifier.status import DEAD_NAME, GROUP
+from notifier.status import DEAD_NAME
 from notifier.templates import notices_for, recipients
 
 log = logging.getLogger("bank.notifier")
 
 READ_COUNT = 1000
 BLOCK_MS = 100
-FAILOVER_MS = 2000
-CLAIM_EVERY_S = 1.0
-TOUCH_EVERY_S = 1.0
+SAVE_EVERY_S = 0.1
+"""The checkpoint is written at most this often (with the lease's renewal): a restart re-reads at most this much."""
+RENEW_EVERY_S = LEASE_MS / 4000
+"""The lease is renewed at least this often, so a busy iteration or a slow Redis never lets it lapse."""
+STANDBY_POLL_S = 0.25
+"""How often a standby notifier looks whether the lease is free."""
 MAX_WAITING = 5000
-"""Messages waiting for a retry; above this no new events are read (they wait safely in Redis)."""
+"""Messages waiting for a retry; above this no new events are read (they wait safely in the log)."""
 LINGER_S = 0.05
 """After a read that found the notifier at the head, wait this long before the next: see :meth:`Notifier._linger`."""
 
-assert BLOCK_MS < MAX_BLOCK_MS
-
-
-Fields = dict[bytes, bytes]
+assert BLOCK_MS < MAX_BLOCK_MS and BLOCK_MS / 1000 < RENEW_EVERY_S
 
 
 @dataclass(slots=True)
@@ -79,10 +82,6 @@ class _Job:
     message: Message
     attempts: int = 0
     due: float = 0.0
-
-
-def _seq_of(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
 
 
 class Notifier:
@@ -97,76 +96,109 @@ class Notifier:
         keys: Keys,
         vault: PersonalDataVault,
         sender: Sender,
-        consumer: str,
+        name: str,
         policy: RetryPolicy | None = None,
         read_count: int = READ_COUNT,
         block_ms: int | None = BLOCK_MS,
-        failover_ms: int = FAILOVER_MS,
+        lease_ms: int = LEASE_MS,
         max_waiting: int = MAX_WAITING,
         clock: Callable[[], float] = time.monotonic,
         linger_s: float = 0.0,
+        standby_poll_s: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``block_ms`` is how long a read waits for new events (``None``: not at all, as in tests);
-        ``failover_ms`` is how long a peer's unacknowledged event must idle before this one takes it over."""
+        ``lease_ms`` how long this notifier stays the active one without renewing (see ``notifier.lease``)."""
         self.client = client
         self.keys = keys
         self.sender = sender
-        self.consumer = consumer
+        self.name = name
         self.policy = policy or RetryPolicy()
         self.read_count = read_count
         self.block_ms = block_ms
-        self.failover_ms = failover_ms
         self.max_waiting = max_waiting
         self.clock = clock
         self.linger_s = linger_s
+        self.standby_poll_s = standby_poll_s
         self._sleep = sleep
-        self.group = ConsumerGroup(client, stream=keys.events, group=GROUP, consumer=consumer)
+        self.lease = NotifierLease(client, keys=keys, name=name, lease_ms=lease_ms)
+        self.follower = LogFollower(client, keys)
         self.directory = ContactDirectory(vault)
         self.ledger = Ledger(client, keys=keys)
         self.dead_stream = keys.dead(DEAD_NAME)
         self._jobs: dict[MessageKey, _Job] = {}
-        self._open: dict[str, set[MessageKey]] = {}
-        self._ready = False
-        self._own_cursor: str | None = "0-0"
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
-        self._next_touch = 0.0
+        self._open: dict[int, set[MessageKey]] = {}  # by seq, in log order: the first holds the checkpoint back
+        self.active = False
+        self._cursor = 0  # the last seq read
+        self._saved = 0  # the checkpoint as last written
+        self._next_renewal = 0.0
+        self._next_save = 0.0
         self.counters: dict[str, int] = {
-            "events": 0, "sent": 0, "duplicates": 0, "skipped": 0, "retries": 0, "dead": 0, "claimed": 0,
+            "events": 0, "sent": 0, "duplicates": 0, "skipped": 0, "retries": 0, "dead": 0, "takeovers": 0,
         }
+
+    # -- the lease ------------------------------------------------------------------------------------------
+
+    def _take_over(self, now: float) -> bool:
+        """Become the active notifier if the lease is free; start after the stored checkpoint."""
+        stored = self.lease.hold()
+        if stored is None:
+            return False
+        if not self.client.exists(self.keys.notifier_checkpoint):  # the first notifier, or one before the lease
+            stored = self.lease.hold(position_of_legacy_group(self.client, self.keys))
+            if stored is None:
+                return False
+        self.active = True
+        self.counters["takeovers"] += 1
+        self._cursor = self._saved = stored
+        self._next_renewal = now + RENEW_EVERY_S
+        self._next_save = now + SAVE_EVERY_S
+        # Warm the directory to the head now, so the first live events do not pay for the whole log.
+        self._catch_up(last_seq(self.client, self.keys))
+        log.info("%s: active notifier from seq %d", self.name, stored)
+        return True
+
+    def checkpoint(self) -> int:
+        """Every event up to this seq is settled: before the oldest one with a message still waiting."""
+        return next(iter(self._open)) - 1 if self._open else self._cursor
+
+    def _save(self, now: float, *, force: bool = False) -> None:
+        """Write the checkpoint when it moved (at most every ``SAVE_EVERY_S``) and renew the lease; a lease lost
+        meanwhile (this process was frozen past its expiry) makes this notifier stand by."""
+        checkpoint = self.checkpoint()
+        moved = checkpoint != self._saved and (force or now >= self._next_save)
+        if not moved and now < self._next_renewal:
+            return
+        if self.lease.hold(checkpoint if moved else None) is None:
+            log.warning("%s: another notifier holds the lease now; standing by", self.name)
+            self._stand_by()
+            return
+        self._next_renewal = now + RENEW_EVERY_S
+        if moved:
+            self._saved = checkpoint
+            self._next_save = now + SAVE_EVERY_S
+
+    def _stand_by(self) -> None:
+        self.active = False
+        self._jobs.clear()
+        self._open.clear()
+
+    def stop(self) -> None:
+        """At a clean stop: write the checkpoint and hand the lease back, so a standby takes over at once."""
+        if not self.active:
+            return
+        self._save(self.clock(), force=True)
+        if self.active:
+            self.lease.release()
+            self._stand_by()
 
     # -- reading ---------------------------------------------------------------------------------------------
 
-    def _read(self, now: float) -> list[Entry]:
-        if not self._ready:
-            self.group.ensure("0")
-            # Warm the directory to the head now, so the first live events do not pay for the whole log.
-            self._catch_up(last_seq(self.client, self.keys))
-            self._ready = True
-        if self._own_cursor is not None:
-            response = self.client.xreadgroup(GROUP, self.consumer, {self.keys.events: self._own_cursor},
-                                              count=self.read_count)
-            raw = response[0][1] if response else []
-            entries = [(e.decode() if isinstance(e, bytes) else e, f or {}) for e, f in raw]
-            self._own_cursor = entries[-1][0] if len(entries) == self.read_count else None
-            fresh = [e for e in entries if e[0] not in self._open and e[1]]
-            if fresh:
-                return fresh
-        if now >= self._next_claim:
-            self._next_claim = now + CLAIM_EVERY_S
-            claimed = self.group.autoclaim(min_idle_ms=self.failover_ms, count=self.read_count,
-                                           start=self._claim_cursor)
-            self._claim_cursor = claimed.next_start
-            fresh = [e for e in claimed.entries if e[0] not in self._open and e[1]]
-            if fresh:
-                self.counters["claimed"] += len(fresh)
-                log.info("%s: took over %d events idle at a peer", self.consumer, len(fresh))
-                return fresh
+    def _read(self, now: float) -> list[StoredEvent]:
         if len(self._jobs) >= self.max_waiting:
             return []
         block = self.block_ms if not self._has_due(now) else None
-        return self.group.read_new(count=self.read_count, block_ms=block)
+        return self.follower.read_after(self._cursor, count=self.read_count, block_ms=block)
 
     def _has_due(self, now: float) -> bool:
         return any(job.due <= now for job in self._jobs.values())
@@ -179,35 +211,32 @@ class Notifier:
         except DirectoryGap as error:
             raise FatalWorkerError(f"contact directory cannot follow the log: {error}") from error
 
-    def _admit(self, entries: Sequence[Entry], now: float) -> None:
-        # The entries just read are the log itself: the directory takes them as they are, and reads the log only
-        # for what they do not cover (a gap before claimed or redelivered entries).
-        seqs = [_seq_of(entry_id) for entry_id, _ in entries]
-        self.directory.apply_entries_while_contiguous(
-            (seq, fields[b"type"], fields[b"body"]) for seq, (_, fields) in zip(seqs, entries, strict=True)
-            if b"type" in fields and b"body" in fields)
-        self._catch_up(max(seqs))
-        done: list[str] = []
-        readable: list[tuple[str, Fields, int, dict[str, Any], tuple[int, ...]]] = []
-        for seq, (entry_id, fields) in zip(seqs, entries, strict=True):
+    def _admit(self, events: Sequence[StoredEvent], now: float) -> None:
+        try:  # the events just read are the log itself: the directory takes them as they are
+            self.directory.apply_entries((event.seq, event.type, event.body) for event in events)
+        except DirectoryGap as error:
+            raise FatalWorkerError(f"contact directory cannot follow the log: {error}") from error
+        readable: list[tuple[StoredEvent, dict[str, Any], tuple[int, ...]]] = []
+        for event in events:
+            self._cursor = event.seq
             self.counters["events"] += 1
             try:
-                payload = orjson.loads(fields[b"body"])
-                readable.append((entry_id, fields, seq, payload, recipients(payload["type"], payload["data"])))
+                payload = orjson.loads(event.body)
+                readable.append((event, payload, recipients(payload["type"], payload["data"])))
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as error:
-                self._unreadable(entry_id, fields, error)
+                self._unreadable(event, error)
         self.directory.prefetch_phones({account for *_, accounts in readable for account in accounts})
-        for entry_id, fields, seq, payload, accounts in readable:
+        for event, payload, accounts in readable:
             if not accounts:
-                done.append(entry_id)
                 continue
+            seq, entry_id = event.seq, event.entry_id
             try:
                 event_id = str(payload["event_id"])
                 event_type, occurred_at = str(payload["type"]), str(payload["occurred_at"])
                 phones = self._phones(accounts, seq, event_id, event_type, entry_id, occurred_at)
                 notices = notices_for(event_type, payload["data"], occurred_at, only=phones) if phones else []
             except (KeyError, TypeError, ValueError) as error:
-                self._unreadable(entry_id, fields, error)
+                self._unreadable(event, error)
                 continue
             waiting: set[MessageKey] = set()
             for notice in notices:
@@ -217,10 +246,7 @@ class Notifier:
                     self._jobs[message.key] = _Job(message, due=now)
                 waiting.add(message.key)
             if waiting:
-                self._open[entry_id] = waiting
-            else:
-                done.append(entry_id)
-        self.group.ack(done)
+                self._open[seq] = waiting
 
     def _phones(self, accounts: tuple[int, ...], seq: int, event_id: str, event_type: str, entry_id: str,
                 occurred_at: str) -> dict[int, str]:
@@ -240,32 +266,34 @@ class Notifier:
                 phones[account] = phone
         return phones
 
-    def _unreadable(self, entry_id: str, fields: Fields, error: Exception) -> None:
-        log.error("%s: unreadable event %s dead-lettered: %r", self.consumer, entry_id, error)
-        self.group.dead_letter(self.dead_stream, entry_id, fields, f"unreadable event: {error!r}")
+    def _unreadable(self, event: StoredEvent, error: Exception) -> None:
+        """Park an event no message can be made of (its id and the reason; the event stays in the log)."""
+        log.error("%s: unreadable event %s dead-lettered: %r", self.name, event.entry_id, error)
+        record = dead_letter_record(self.keys.events, event.entry_id, self.name, {b"type": event.type.encode()},
+                                    f"unreadable event: {error!r}")
+        self.client.xadd(self.dead_stream, record, maxlen=100_000, approximate=True)
         self.counters["dead"] += 1
 
     # -- sending -------------------------------------------------------------------------------------------------
 
     def _dead(self, message: Message, failure: Failure, attempts: int) -> None:
-        log.warning("%s: dead-lettering message for event %s account %s: %s", self.consumer, message.event_id,
+        log.warning("%s: dead-lettering message for event %s account %s: %s", self.name, message.event_id,
                     message.account, failure.reason)
         self.ledger.record_dead(message, failure, dead_stream=self.dead_stream, attempts=attempts,
-                                consumer=self.consumer)
+                                consumer=self.name)
         self.counters["dead"] += 1
 
-    def _resolve(self, key: MessageKey, finished: list[str]) -> None:
+    def _resolve(self, key: MessageKey) -> None:
         job = self._jobs.pop(key, None)
         if job is None:
             return
-        entry_id = job.message.entry_id
-        waiting = self._open.get(entry_id)
+        seq = job.message.seq
+        waiting = self._open.get(seq)
         if waiting is None:
             return
         waiting.discard(key)
         if not waiting:
-            del self._open[entry_id]
-            finished.append(entry_id)
+            del self._open[seq]
 
     def _deliver(self, now: float) -> int:
         due = [job for job in self._jobs.values() if job.due <= now]
@@ -274,7 +302,6 @@ class Notifier:
         due.sort(key=lambda job: job.message.seq)
         due = due[: self.sender.max_batch]
         outcomes = self.sender.send([job.message for job in due], self.ledger)
-        finished: list[str] = []
         fatal: Failure | None = None
         for outcome in outcomes:
             key = outcome.message.key
@@ -283,10 +310,10 @@ class Notifier:
                 continue
             if outcome.status is Status.SENT:
                 self.counters["sent"] += 1
-                self._resolve(key, finished)
+                self._resolve(key)
             elif outcome.status is Status.DUPLICATE:
                 self.counters["duplicates"] += 1
-                self._resolve(key, finished)
+                self._resolve(key)
             elif outcome.status is Status.BUSY:
                 job.due = now + self.policy.busy_wait_s
             elif outcome.status is Status.FAILED:
@@ -296,54 +323,53 @@ class Notifier:
                     fatal = fatal or failure
                 elif failure.verdict is Verdict.PERMANENT:
                     self._dead(job.message, failure, job.attempts + 1)
-                    self._resolve(key, finished)
+                    self._resolve(key)
                 else:
                     job.attempts += 1
                     if job.attempts >= self.policy.max_attempts:
                         gave_up = Failure(Verdict.TRANSIENT, failure.code,
                                           f"gave up after {job.attempts} attempts: {failure.reason}")
                         self._dead(job.message, gave_up, job.attempts)
-                        self._resolve(key, finished)
+                        self._resolve(key)
                     else:
                         self.counters["retries"] += 1
                         job.due = now + self.policy.delay(job.attempts)
                         log.warning("%s: transient failure (%s), attempt %d of %d, retrying in %.1fs",
-                                    self.consumer, failure.reason, job.attempts, self.policy.max_attempts,
+                                    self.name, failure.reason, job.attempts, self.policy.max_attempts,
                                     job.due - now)
-        self.group.ack(finished)
         if fatal is not None:
             error = FatalWorkerError(f"{fatal.reason}. Fix TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN / "
-                                     f"TWILIO_FROM_NUMBER and restart; the events stay unacknowledged")
+                                     f"TWILIO_FROM_NUMBER and restart; the checkpoint stays before these events")
             error.exit_code = fatal_exit_code(fatal)
             raise error
         return len(outcomes)
 
-    def _touch_waiting(self, now: float) -> None:
-        """Reset the idle time of events whose messages wait for a retry, so no peer takes them over."""
-        if not self._open or now < self._next_touch:
-            return
-        self._next_touch = now + TOUCH_EVERY_S
-        ids = list(self._open)
-        for start in range(0, len(ids), 500):
-            self.client.xclaim(self.keys.events, GROUP, self.consumer, 0, ids[start : start + 500], justid=True)
-
     def poll_once(self) -> int:
-        """One iteration: read, admit, deliver what is due, acknowledge; returns how much it did."""
+        """One iteration: take the lease if free (or stand by), read, admit, deliver what is due, move the
+        checkpoint; returns how much it did."""
         now = self.clock()
-        entries = self._read(now)
-        if entries:
-            self._admit(entries, now)
-        sent = self._deliver(now)
-        self._touch_waiting(now)
-        if 0 < len(entries) < self.read_count:
+        if not self.active and not self._take_over(now):
+            if self.standby_poll_s > 0:
+                self._sleep(self.standby_poll_s)
+            return 0
+        events = self._read(now)
+        if events:
+            self._admit(events, now)
+        try:
+            sent = self._deliver(now)
+        except FatalWorkerError:  # keep what is settled: the fixed restart starts at the failed message
+            self._save(now, force=True)
+            raise
+        self._save(now, force=not events)  # at the head the checkpoint is written at once, under load in steps
+        if self.active and 0 < len(events) < self.read_count:
             self._linger()
-        return len(entries) + sent
+        return len(events) + sent
 
     def _linger(self) -> None:
         """At the head of the log, let the next events gather for a moment before reading them.
 
-        Why: every batch costs a wake-up and several round trips to the log's Redis (the group's read, the ledger,
-        the acknowledgement) whatever its size. Read after every append, at 2,000 commands/s the notifier
+        Why: every batch costs a wake-up and several round trips to the log's Redis (the read, the ledger, the
+        checkpoint) whatever its size. Read after every append, at 2,000 commands/s the notifier
         woke for a few events at a time; with this pause its CPU halved (measured), and that CPU goes to the command
         path. An SMS a few hundredths of a second later costs nobody anything. A backlog (a full read) is read
         without pause.
@@ -357,7 +383,8 @@ class Notifier:
         return len(self._jobs)
 
     def status(self) -> dict[str, str | int]:
-        return {"sender": self.sender.kind, "waiting": self.waiting, "directory_seq": self.directory.applied_seq}
+        return {"sender": self.sender.kind, "waiting": self.waiting, "directory_seq": self.directory.applied_seq,
+                "active": int(self.active), "checkpoint": self._saved}
 
 
 def main(
@@ -380,14 +407,19 @@ def main(
         return error.exit_code
     client = connect(redis_url)
     vault = PersonalDataVault(client, keys=keys, master_key=master_key)
-    worker = Notifier(client, keys=keys, vault=vault, sender=sender, consumer=name, linger_s=LINGER_S)
-    log.info("%s: notifier starting (sender %s, group %s)", name, sender.kind, GROUP)
+    worker = Notifier(client, keys=keys, vault=vault, sender=sender, name=name, linger_s=LINGER_S,
+                      standby_poll_s=STANDBY_POLL_S)
+    log.info("%s: notifier starting (sender %s)", name, sender.kind)
     bus = connect_bus(bus_url, log_url=redis_url, log_client=client)  # heartbeats
     runner = WorkerRunner(worker, client=bus, keys=keys, name=name, burst=burst, extra_status=worker.status)
     runner.install_signal_handlers()
     try:
         return runner.run()
     finally:
+        try:
+            worker.stop()
+        except redis.RedisError as error:  # the lease then expires by itself
+            log.warning("%s: could not hand the lease back: %s", name, error)
         sender.close()
 
 
@@ -400,7 +432,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("BANKCTL_DATA_DIR", "./var"),
                         help="data directory with master.key and the outbox [env BANKCTL_DATA_DIR]")
     parser.add_argument("--name", default=f"notifier-{socket.gethostname()}",
-                        help="consumer and heartbeat name (unique per process)")
+                        help="lease holder and heartbeat name (unique per process)")
     parser.add_argument("--burst", action="store_true", help="exit once nothing is left to do")
     args = parser.parse_args(argv)
     if not args.redis_url:

@@ -20,6 +20,7 @@ from eventstore.append import AccountWrite, Appender, AppendStatus, PreparedComm
 from eventstore.envelope import encode_envelope
 from eventstore.keys import Keys
 from eventstore.pii import PersonalDataVault
+from notifier.lease import NotifierLease
 
 pytestmark = pytest.mark.redis_server
 FAST = KdfParams(memory_kib=8 * 1024, iterations=1, lanes=1)
@@ -163,13 +164,15 @@ def test_projector_reads_the_log_but_cannot_write_it(connect, keys):
 def test_notifier_and_sealer(connect, keys):
     Appender(connect("admin"), keys=keys).append([_deposit_command(keys, "c3")])
     notifier = connect("notifier")
-    notifier.xgroup_create(keys.events, "notifier", id="0")
-    assert len(notifier.xreadgroup("notifier", "n1", {keys.events: ">"}, count=10)[0][1]) == 1
+    assert len(notifier.xread({keys.events: "0-0"}, count=10)[0][1]) == 1
+    lease = NotifierLease(notifier, keys=keys, name="n1")
+    assert lease.hold() == 0 and lease.hold(1) == 1, "its lease and checkpoint, through their script"
     notifier.hset(keys.worker("notifier"), "beat", 1)
-    with pytest.raises(redis.exceptions.NoPermissionError):
-        notifier.xadd(keys.events, {"a": 1})
-    with pytest.raises(redis.exceptions.NoPermissionError):
-        notifier.xtrim(keys.events, maxlen=0)
+    for write_to_the_log in (lambda: notifier.xadd(keys.events, {"a": 1}),
+                             lambda: notifier.xtrim(keys.events, maxlen=0),
+                             lambda: notifier.xgroup_create(keys.events, "notifier", id="0")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            write_to_the_log()
     sealer = connect("sealer")
     assert sealer.xrange(keys.events)
     assert sealer.xadd(keys.seals, {"upto": 1})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,14 +13,16 @@ import orjson
 import pytest
 from helpers_notifier import FakeBank
 
+from eventstore.log import last_seq
 from notifier.delivery import Ledger
 from notifier.senders import OutboxSender, OutboxUnwritable
-from notifier.worker import GROUP, Notifier
+from notifier.status import notifier_status
+from notifier.worker import Notifier
 
 
-def make(client, keys, outbox: Path, *, bank=None, consumer="n1", **options):
+def make(client, keys, outbox: Path, *, bank=None, name="n1", **options):
     bank = bank or FakeBank(client, keys)
-    notifier = Notifier(client, keys=keys, vault=bank.vault, sender=OutboxSender(outbox), consumer=consumer,
+    notifier = Notifier(client, keys=keys, vault=bank.vault, sender=OutboxSender(outbox), name=name,
                         block_ms=None, **options)
     return bank, notifier
 
@@ -42,8 +45,9 @@ def expected_messages(bank: FakeBank, opted_in: set[int]) -> Counter:
                    if event_type in notified for account in accounts if account in opted_in)
 
 
-def pending(client, keys) -> int:
-    return client.xpending(keys.events, GROUP)["pending"]
+def unsettled(client, keys) -> int:
+    """Events after the notifier's checkpoint: a restart or a successor reads them again."""
+    return notifier_status(client, keys)["lag"]
 
 
 def test_one_message_per_event_and_party_for_opted_in_customers_only(any_redis, keys, tmp_path):
@@ -70,7 +74,7 @@ def test_one_message_per_event_and_party_for_opted_in_customers_only(any_redis, 
     by_type = Counter((m["account"], m["type"]) for m in written)
     assert by_type[(alice, "MoneyTransferred")] == 2 and by_type[(carol, "MoneyTransferred")] == 1
     assert by_type[(carol, "AccountClosed")] == 1 and by_type[(carol, "AccountLocked")] == 1
-    assert pending(any_redis, keys) == 0
+    assert unsettled(any_redis, keys) == 0
     assert stat.S_IMODE(os.stat(outbox).st_mode) == 0o600
 
 
@@ -109,8 +113,8 @@ def test_erased_customer_gets_nothing_and_their_number_appears_in_no_new_line(an
     bank.deposit(other, 100)
     drain(notifier)
     # A fresh notifier (restart) rebuilds the directory from the whole log and still sends nothing to them.
-    any_redis.xgroup_destroy(keys.events, GROUP)
-    _, restarted = make(any_redis, keys, tmp_path / "outbox2.jsonl", bank=bank, consumer="n2")
+    any_redis.delete(keys.notifier_checkpoint, keys.notifier_lease)  # read the whole log again
+    _, restarted = make(any_redis, keys, tmp_path / "outbox2.jsonl", bank=bank, name="n2")
     drain(restarted)
     new_text = outbox.read_bytes()[before:].decode() + (tmp_path / "outbox2.jsonl").read_text()
     assert new_text, "other customers' messages did go out"
@@ -135,12 +139,13 @@ def test_crash_between_outbox_write_and_ledger_record_does_not_double(any_redis,
     crashing.ledger.record_sent = crash_after_fsync.__get__(crashing.ledger)
     with pytest.raises(KeyboardInterrupt):
         drain(crashing)
-    assert len(lines(outbox)) == 5 and pending(any_redis, keys) == 5, "the deposits stay unacknowledged"
+    assert len(lines(outbox)) == 5 and notifier_status(any_redis, keys)["checkpoint"] == 0, \
+        "the checkpoint stays before the deposits"
     _, restarted = make(any_redis, keys, outbox, bank=bank)
     drain(restarted)
     assert Counter((m["event_id"], m["account"]) for m in lines(outbox)) == expected_messages(bank, set(accounts))
     assert restarted.sender.reconciled == 5 and restarted.counters["duplicates"] == 5
-    assert pending(any_redis, keys) == 0
+    assert unsettled(any_redis, keys) == 0
 
 
 def test_a_torn_last_line_is_cut_and_the_message_written_again(any_redis, keys, tmp_path):
@@ -156,29 +161,28 @@ def test_a_torn_last_line_is_cut_and_the_message_written_again(any_redis, keys, 
     assert [m["type"] for m in lines(outbox)] == ["MoneyDeposited", "MoneyDeposited"]
 
 
-def test_a_second_notifier_takes_over_a_dead_ones_pending_events(any_redis, keys, tmp_path):
+def test_a_standby_takes_over_once_the_dead_ones_lease_expires(any_redis, keys, tmp_path):
     outbox = tmp_path / "outbox.jsonl"
     bank = FakeBank(any_redis, keys)
     with bank.batch():
         accounts = [bank.open(sms=True) for _ in range(3)]
         for account in accounts:
             bank.deposit(account, 100)
-    _, dead = make(any_redis, keys, outbox, bank=bank, consumer="dead-one")
-    dead.group.ensure("0")
-    taken = dead.group.read_new(count=100, block_ms=None)  # delivered, then the process died
-    assert len(taken) == 9
-    _, peer = make(any_redis, keys, outbox, bank=bank, consumer="peer", failover_ms=2000)
+    _, dead = make(any_redis, keys, outbox, bank=bank, name="dead-one")
+    assert dead.lease.hold() == 0  # it took the lease, then the process died
+    _, peer = make(any_redis, keys, outbox, bank=bank, name="peer")
     drain(peer)
-    assert not outbox.exists() or lines(outbox) == [], "not before the failover threshold"
-    # Backdate the dead consumer's entries (XCLAIM IDLE), as if 10 s had passed.
-    any_redis.xclaim(keys.events, GROUP, "dead-one", 0, [e for e, _f in taken], idle=10_000, justid=True)
-    peer._next_claim = 0.0
+    assert not outbox.exists() or lines(outbox) == [], "not while the dead one's lease lasts"
+    assert notifier_status(any_redis, keys)["active"] == "dead-one"
+    any_redis.pexpire(keys.notifier_lease, 1)  # as if LEASE_MS had passed
+    time.sleep(0.01)
     drain(peer)
     assert Counter((m["event_id"], m["account"]) for m in lines(outbox)) == expected_messages(bank, set(accounts))
-    assert peer.counters["claimed"] == 9 and pending(any_redis, keys) == 0
+    assert peer.counters["takeovers"] == 1 and unsettled(any_redis, keys) == 0
+    assert notifier_status(any_redis, keys)["active"] == "peer"
 
 
-def test_outbox_write_failure_stops_the_worker_without_acknowledging(any_redis, keys, tmp_path, monkeypatch):
+def test_outbox_write_failure_stops_the_worker_without_settling_the_event(any_redis, keys, tmp_path, monkeypatch):
     outbox = tmp_path / "outbox.jsonl"
     bank, notifier = make(any_redis, keys, outbox)
     bank.deposit(bank.open(sms=True), 100)
@@ -189,30 +193,40 @@ def test_outbox_write_failure_stops_the_worker_without_acknowledging(any_redis, 
     monkeypatch.setattr("notifier.senders.os.fsync", disk_full)
     with pytest.raises(OutboxUnwritable):
         drain(notifier)
-    assert pending(any_redis, keys) == 1, "the deposit stays unacknowledged"
+    assert unsettled(any_redis, keys) >= 1, "the deposit stays after the checkpoint"
     assert outbox.read_bytes() == b"", "the unsynced lines were taken back"
 
 
-def test_two_notifiers_in_one_group_split_the_work_without_doubles(any_redis, keys, tmp_path):
+def test_of_two_notifiers_one_works_and_the_other_takes_over_at_a_clean_stop(any_redis, keys, tmp_path):
     outbox = tmp_path / "outbox.jsonl"
     bank = FakeBank(any_redis, keys)
-    _, first = make(any_redis, keys, outbox, bank=bank, consumer="a", read_count=7)
-    _, second = make(any_redis, keys, outbox, bank=bank, consumer="b", read_count=7)
+    _, first = make(any_redis, keys, outbox, bank=bank, name="a", read_count=7)
+    _, second = make(any_redis, keys, outbox, bank=bank, name="b", read_count=7)
+
+    def activity() -> None:
+        with bank.batch():
+            for account in accounts:
+                bank.deposit(account, 100)
+                bank.transfer(account, accounts[0] if account != accounts[0] else accounts[1], 50)
+
     with bank.batch():
         accounts = [bank.open(sms=True) for _ in range(10)]
-        for account in accounts:
-            bank.deposit(account, 100)
-            bank.transfer(account, accounts[0] if account != accounts[0] else accounts[1], 50)
+    activity()
     for _ in range(20):
         first.poll_once()
         second.poll_once()
-    assert first.counters["sent"] > 0 and second.counters["sent"] > 0
+    assert first.counters["sent"] > 0 and second.counters["sent"] == 0 and not second.active
+    first.stop()  # the checkpoint written, the lease handed back
+    activity()
+    drain(second)
+    assert second.active and second.counters["duplicates"] == 0, "it starts where the first one stopped"
     assert Counter((m["event_id"], m["account"]) for m in lines(outbox)) == expected_messages(bank, set(accounts))
+    assert unsettled(any_redis, keys) == 0
 
 
 def test_a_number_that_does_not_open_is_dead_lettered_and_nothing_is_sent(any_redis, keys, tmp_path):
     """A sealed phone that fails authentication (tampered): a dead letter naming the event, no SMS for it, the
-    event acknowledged; the other customers are texted as usual."""
+    event settled; the other customers are texted as usual."""
     outbox = tmp_path / "outbox.jsonl"
     bank, notifier = make(any_redis, keys, outbox)
     with bank.batch():
@@ -230,7 +244,7 @@ def test_a_number_that_does_not_open_is_dead_lettered_and_nothing_is_sent(any_re
     assert [(int(f[b"account"]), f[b"code"], f[b"type"]) for _id, f in dead] == [
         (alice, b"contact_unreadable", b"MoneyDeposited")]
     assert b"+1555" not in b"".join(v for _id, f in dead for v in f.values())
-    assert pending(any_redis, keys) == 0
+    assert unsettled(any_redis, keys) == 0
     assert notifier.counters["dead"] == 1
 
 
@@ -248,7 +262,7 @@ def test_at_the_head_the_notifier_pauses_between_reads_and_never_while_behind(an
     assert len(lines(tmp_path / "outbox.jsonl")) == 5
 
 
-def test_a_notifier_given_another_master_key_stops_and_leaves_the_events_pending(any_redis, keys, tmp_path):
+def test_a_notifier_given_another_master_key_stops_and_leaves_the_events_unsettled(any_redis, keys, tmp_path):
     from eventstore.pii import PersonalDataVault
     from eventstore.worker import FatalWorkerError
 
@@ -258,12 +272,33 @@ def test_a_notifier_given_another_master_key_stops_and_leaves_the_events_pending
         alice = bank.open(phone="+15550000101", sms=True)
         bank.deposit(alice, 1_000)
     stranger = PersonalDataVault(any_redis, keys=keys, master_key=os.urandom(32))
-    notifier = Notifier(any_redis, keys=keys, vault=stranger, sender=OutboxSender(outbox), consumer="n1",
+    notifier = Notifier(any_redis, keys=keys, vault=stranger, sender=OutboxSender(outbox), name="n1",
                         block_ms=None)
     with pytest.raises(FatalWorkerError, match="does not open with this master key"):
         drain(notifier)
     assert not outbox.exists() or outbox.read_bytes() == b""
-    assert pending(any_redis, keys) > 0  # nothing acknowledged: a notifier with the right key sends it
-    _, fixed = make(any_redis, keys, outbox, bank=bank, consumer="n1")
+    assert unsettled(any_redis, keys) > 0  # nothing settled: a notifier with the right key sends it
+    _, fixed = make(any_redis, keys, outbox, bank=bank, name="n1")
     drain(fixed)
     assert [m["account"] for m in lines(outbox)] == [alice]
+
+
+def test_after_an_upgrade_the_first_notifier_starts_where_the_consumer_group_left_off(any_redis, keys, tmp_path):
+    """A bank whose notifiers read in the consumer group ``notifier``: texted events are not read again, the ones
+    delivered but never acknowledged are (the ledger stops repeats of those that had gone out)."""
+    outbox = tmp_path / "outbox.jsonl"
+    bank = FakeBank(any_redis, keys)
+    with bank.batch():
+        accounts = [bank.open(sms=True) for _ in range(4)]
+    deposits_from = last_seq(any_redis, keys) + 1
+    with bank.batch():
+        for account in accounts:
+            bank.deposit(account, 100)
+    any_redis.xgroup_create(keys.events, "notifier", id="0")
+    delivered = any_redis.xreadgroup("notifier", "old", {keys.events: ">"}, count=deposits_from + 2)[0][1]
+    any_redis.xack(keys.events, "notifier", *[entry_id for entry_id, _ in delivered[:-2]])  # two left pending
+    _, notifier = make(any_redis, keys, outbox, bank=bank)
+    drain(notifier)
+    assert [m["seq"] for m in lines(outbox)] == list(range(deposits_from, deposits_from + 4))[-3:], \
+        "from the oldest unacknowledged event on"
+    assert unsettled(any_redis, keys) == 0

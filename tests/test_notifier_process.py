@@ -22,8 +22,9 @@ from helpers_notifier import FakeBank
 
 from eventstore.pii import create_master_key
 from eventstore.worker import YOUNG_COLLECTION_THRESHOLD, WorkerRunner
+from notifier.lease import active_notifier, read_checkpoint
 from notifier.senders import OutboxSender
-from notifier.worker import GROUP, Notifier
+from notifier.worker import Notifier
 
 pytestmark = [pytest.mark.redis_server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +60,7 @@ def wait_for(predicate, what: str, procs=()) -> None:
 
 def caught_up(client, keys) -> bool:
     last = client.get(keys.seq)
-    groups = {g["name"]: g for g in client.xinfo_groups(keys.events)}
-    group = groups.get(GROUP.encode())
-    if group is None or last is None:
-        return False
-    return group["last-delivered-id"] == f"{int(last)}-0".encode() and group["pending"] == 0
+    return last is not None and read_checkpoint(client, keys) == int(last)
 
 
 def expected(bank: FakeBank, opted_in: set[int]) -> Counter:
@@ -71,26 +68,26 @@ def expected(bank: FakeBank, opted_in: set[int]) -> Counter:
                    if event_type in NOTIFIED for account in accounts if account in opted_in)
 
 
-def pending_of(client, keys, consumer: str) -> int:
-    rows = client.xpending(keys.events, GROUP).get("consumers") or []
-    return sum(int(r["pending"]) for r in rows if r["name"] in (consumer, consumer.encode()))
+def sent_past_the_checkpoint(client, keys, outbox: Path) -> int:
+    """Events the outbox has lines for that lie after the stored checkpoint: a successor reads them again."""
+    checkpoint = read_checkpoint(client, keys)
+    return len({m["seq"] for m in outbox_lines(outbox) if m["seq"] > checkpoint})
 
 
-def kill_holding_pending(proc: subprocess.Popen[bytes], client, keys, consumer: str, top_up) -> int:
-    """Freeze the process until it is caught holding unacknowledged events, then SIGKILL it there.
+def kill_mid_batch(proc: subprocess.Popen[bytes], client, keys, outbox: Path, top_up) -> int:
+    """Freeze the process until it is caught having sent for events past its checkpoint, then SIGKILL it there.
 
-    Returns how many events it held (0 if it was never caught mid-batch within the bounded tries).
+    Returns how many such events it left (0 if it was never caught mid-batch within the bounded tries).
     """
     for attempt in range(400):
         proc.send_signal(signal.SIGSTOP)
-        # A command it wrote just before the stop (an XACK) may still be in Redis's input: let it land first,
-        # or the process is killed "holding" events that are acknowledged a moment later and nobody takes over.
+        # A checkpoint it wrote just before the stop may still be in Redis's input: let it land first, or the
+        # process is killed "holding" events that are settled a moment later.
         time.sleep(0.02)
-        held = pending_of(client, keys, consumer)
-        if held:
+        if sent_past_the_checkpoint(client, keys, outbox):
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            return pending_of(client, keys, consumer)
+            return sent_past_the_checkpoint(client, keys, outbox)
         proc.send_signal(signal.SIGCONT)
         if attempt % 50 == 49:
             top_up()
@@ -136,21 +133,23 @@ def test_sigkill_mid_stream_then_restart_and_takeover_exactly_once(private_redis
     money_events(1000)
     first = start_notifier(private_redis.url, data_dir, "n1", log)
     wait_for(lambda: len(outbox_lines(outbox)) > 0, "n1 to write its first lines", [first])
-    held_by_n1 = kill_holding_pending(first, client, keys, "n1", top_up=lambda: money_events(100))
+    held_by_n1 = kill_mid_batch(first, client, keys, outbox, top_up=lambda: money_events(100))
     assert held_by_n1 > 0
+    assert active_notifier(client, keys) == "n1", "the dead one's lease lasts until it expires"
+    left_by_n1 = read_checkpoint(client, keys)
     money_events(1000)
-    # A second process takes over n1's pending events (XAUTOCLAIM after the idle threshold), then dies too.
+    # A second process takes the lease over once n1's has expired, reads again from n1's checkpoint, then dies too.
     second = start_notifier(private_redis.url, data_dir, "n2", log)
-    # n1 is dead, so only n2's XAUTOCLAIM can empty n1's pending list: this wait is the proof of the takeover.
-    # (Not its "took over" log line: n2 may be frozen and killed between the claim and the line.)
-    wait_for(lambda: pending_of(client, keys, "n1") == 0, "n2 to take over n1's events", [second])
-    held_by_n2 = kill_holding_pending(second, client, keys, "n2", top_up=lambda: money_events(100))
-    print(f"\nSIGKILLed n1 holding {held_by_n1} and n2 holding {held_by_n2} unacknowledged events")
+    wait_for(lambda: read_checkpoint(client, keys) > left_by_n1, "n2 to take over after n1's lease", [second])
+    assert active_notifier(client, keys) == "n2"
+    held_by_n2 = kill_mid_batch(second, client, keys, outbox, top_up=lambda: money_events(100))
+    print(f"\nSIGKILLed n1 and n2 having sent for {held_by_n1} and {held_by_n2} events past their checkpoints")
     money_events(200)
-    third = start_notifier(private_redis.url, data_dir, "n2", log)  # same name: re-reads its own pending
-    wait_for(lambda: caught_up(client, keys), "the group to drain", [third])
+    third = start_notifier(private_redis.url, data_dir, "n2", log)  # same name: holds the lease at once
+    wait_for(lambda: caught_up(client, keys), "the notifier to reach the head", [third])
     third.send_signal(signal.SIGTERM)
     assert third.wait(15) == 0
+    assert active_notifier(client, keys) is None, "a clean stop hands the lease back"
 
     written = outbox_lines(outbox)
     assert sum(1 for _e, t, _a in bank.event_ids if t.startswith("Money")) >= 2000
@@ -174,12 +173,13 @@ def test_measure_outbox_throughput_and_event_to_message_latency(redis_server, re
         for i in range(10_000):
             bank.deposit(accounts[i % 200], 100)
     outbox = data_dir / "outbox.jsonl"
-    notifier = Notifier(real_redis, keys=keys, vault=bank.vault, sender=OutboxSender(outbox), consumer="bench",
+    notifier = Notifier(real_redis, keys=keys, vault=bank.vault, sender=OutboxSender(outbox), name="bench",
                         block_ms=None)
     started = time.perf_counter()
     runner = WorkerRunner(notifier, client=real_redis, keys=keys, name="bench", burst=True)
     assert runner.run() == 0
     elapsed = time.perf_counter() - started
+    notifier.stop()  # as the worker's main does: the live notifier below takes the lease at once
     notifier.sender.close()
     assert notifier.counters["sent"] == 10_000
     print(f"\noutbox throughput: {10_000 / elapsed:,.0f} messages/s (10,000 messages, cold directory, "
