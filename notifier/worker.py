@@ -54,7 +54,7 @@ from notifier.delivery import (
     fatal_exit_code,
 )
 from notifier.directory import ContactDirectory, ContactUnreadable, DirectoryGap
-from notifier.lease import LEASE_MS, NotifierLease, position_of_legacy_group
+from notifier.lease import LEASE_MS, NotifierLease, active_notifier, position_of_legacy_group
 from notifier.senders import Sender, SenderNotConfigured, sender_from_env
 from notifier.status import DEAD_NAME
 from notifier.templates import notices_for, recipients
@@ -141,6 +141,11 @@ class Notifier:
 
     def _take_over(self, now: float) -> bool:
         """Become the active notifier if the lease is free; start after the stored checkpoint."""
+        if active_notifier(self.client, self.keys) not in (None, self.name):
+            return False
+        # Bring the directory to the head before taking the lease: on a long log the first catch-up takes
+        # seconds, which must not run on the lease's clock. Once active, only what came meanwhile is left.
+        self._catch_up(last_seq(self.client, self.keys))
         stored = self.lease.hold()
         if stored is None:
             return False
@@ -153,7 +158,6 @@ class Notifier:
         self._cursor = self._saved = stored
         self._next_renewal = now + RENEW_EVERY_S
         self._next_save = now + SAVE_EVERY_S
-        # Warm the directory to the head now, so the first live events do not pay for the whole log.
         self._catch_up(last_seq(self.client, self.keys))
         log.info("%s: active notifier from seq %d", self.name, stored)
         return True
@@ -162,9 +166,10 @@ class Notifier:
         """Every event up to this seq is settled: before the oldest one with a message still waiting."""
         return next(iter(self._open)) - 1 if self._open else self._cursor
 
-    def _save(self, now: float, *, force: bool = False) -> None:
+    def _save(self, *, force: bool = False) -> None:
         """Write the checkpoint when it moved (at most every ``SAVE_EVERY_S``) and renew the lease; a lease lost
         meanwhile (this process was frozen past its expiry) makes this notifier stand by."""
+        now = self.clock()
         checkpoint = self.checkpoint()
         moved = checkpoint != self._saved and (force or now >= self._next_save)
         if not moved and now < self._next_renewal:
@@ -187,7 +192,7 @@ class Notifier:
         """At a clean stop: write the checkpoint and hand the lease back, so a standby takes over at once."""
         if not self.active:
             return
-        self._save(self.clock(), force=True)
+        self._save(force=True)
         if self.active:
             self.lease.release()
             self._stand_by()
@@ -358,9 +363,9 @@ class Notifier:
         try:
             sent = self._deliver(now)
         except FatalWorkerError:  # keep what is settled: the fixed restart starts at the failed message
-            self._save(now, force=True)
+            self._save(force=True)
             raise
-        self._save(now, force=not events)  # at the head the checkpoint is written at once, under load in steps
+        self._save(force=not events)  # at the head the checkpoint is written at once, under load in steps
         if self.active and 0 < len(events) < self.read_count:
             self._linger()
         return len(events) + sent

@@ -302,3 +302,25 @@ def test_after_an_upgrade_the_first_notifier_starts_where_the_consumer_group_lef
     assert [m["seq"] for m in lines(outbox)] == list(range(deposits_from, deposits_from + 4))[-3:], \
         "from the oldest unacknowledged event on"
     assert unsettled(any_redis, keys) == 0
+
+
+def test_a_notifier_that_lost_its_lease_while_frozen_stands_by_and_leaves_the_checkpoint_alone(
+        any_redis, keys, tmp_path):
+    outbox = tmp_path / "outbox.jsonl"
+    clock = [0.0]
+    bank, frozen = make(any_redis, keys, outbox, clock=lambda: clock[0])
+    alice = bank.open(sms=True)
+    bank.deposit(alice, 100)
+    drain(frozen)
+    settled = notifier_status(any_redis, keys)["checkpoint"]
+    # Its lease expired while it was frozen, and a standby took it.
+    any_redis.set(keys.notifier_lease, "successor", px=60_000)
+    clock[0] += 10.0  # it thaws
+    bank.deposit(alice, 200)
+    frozen.poll_once()  # it sends what it read (the ledger keeps the successor from repeating it) ...
+    assert not frozen.active, "... and at its next checkpoint write finds the lease gone"
+    assert notifier_status(any_redis, keys)["checkpoint"] == settled, "the checkpoint is the successor's"
+    bank.deposit(alice, 300)
+    drain(frozen)
+    amounts = [m["body"].split("Deposit of ")[1].split(" ")[0] for m in lines(outbox)]
+    assert amounts == ["1.00", "2.00"], "nothing after it stood by"
