@@ -21,9 +21,10 @@ Failure classes (see :func:`classify`):
 
 from __future__ import annotations
 
+import operator
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -69,11 +70,16 @@ class Message(NamedTuple):
 
     @property
     def key(self) -> MessageKey:
-        return (self.event_id, self.account)
+        return message_key(self)
 
     @property
     def sms_id(self) -> SmsId:
         return SmsId(self.seq, self.event_id, self.account)
+
+
+message_key: Callable[[Message], MessageKey] = operator.attrgetter("event_id", "account")  # type: ignore[assignment]
+"""``Message.key`` as a C-level getter: the notifier takes a message's key several times per message, and a
+property is a Python call each time."""
 
 
 class Status(StrEnum):
@@ -179,9 +185,14 @@ class Ledger:
         self.keys = keys
         self.ttl_s = ttl_s
         self._direct = DirectConnection(client)  # lookups and records: thousands of messages a second under load
+        self._buckets: dict[int, str] = {}  # bucket number -> key: every message asks, few buckets exist
 
     def bucket(self, sms: SmsId) -> str:
-        return self.keys.sms_ledger(sms.seq // LEDGER_BUCKET_EVENTS)
+        number = sms.seq // LEDGER_BUCKET_EVENTS
+        key = self._buckets.get(number)
+        if key is None:
+            key = self._buckets[number] = self.keys.sms_ledger(number)
+        return key
 
     @staticmethod
     def field(sms: SmsId) -> str:
@@ -301,7 +312,8 @@ def unique(messages: Iterable[Message]) -> list[Message]:
     seen: set[MessageKey] = set()
     out = []
     for message in messages:
-        if message.key not in seen:
-            seen.add(message.key)
+        key = message_key(message)
+        if key not in seen:
+            seen.add(key)
             out.append(message)
     return out

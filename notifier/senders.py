@@ -19,7 +19,7 @@ from typing import Protocol
 import orjson
 
 from eventstore.worker import FatalWorkerError
-from notifier.delivery import Ledger, Message, Outcome, SmsId, Status, Verdict, classify, unique
+from notifier.delivery import Ledger, Message, Outcome, SmsId, Status, Verdict, classify, message_key, unique
 
 log = logging.getLogger("bank.notifier")
 
@@ -140,16 +140,18 @@ class OutboxSender:
             raise OutboxUnwritable(f"cannot write the outbox {self.path}: {error}") from error
 
     def _send_locked(self, messages: Sequence[Message], batch: list[Message], ledger: Ledger) -> list[Outcome]:
-        ids = [m.sms_id for m in batch]
+        ids = [SmsId(m.seq, m.event_id, m.account) for m in batch]
         (offset,), states = ledger.lookup(ids, also_get=[self.offset_key(ledger)])
         recorded = int(offset or 0)
         size = self._reconcile(ledger, recorded)
         if size != recorded:
             states = ledger.states(ids)
-        fresh = [m for m, state in zip(batch, states, strict=True) if not ledger.is_final(state)]
+        is_final = ledger.is_final
+        fresh = [(m, sms) for m, sms, state in zip(batch, ids, states, strict=True) if not is_final(state)]
         if fresh:
             queued_at = _wall_time()  # one batch, one write: one time for all its lines
-            data = b"".join(self.line(m, queued_at) for m in fresh)
+            line = self.line
+            data = b"".join([line(m, queued_at) for m, _ in fresh])
             try:
                 view = memoryview(data)
                 while view:
@@ -160,13 +162,15 @@ class OutboxSender:
                 # Lines that are not known to be on disk must not count as sent at the next reconcile.
                 os.ftruncate(self._fd, size)
                 raise
-            ledger.record_sent({m.sms_id: "outbox" for m in fresh}, extra={self.offset_key(ledger): size + len(data)})
-        sent = {m.key for m in fresh}
+            ledger.record_sent(dict.fromkeys([sms for _, sms in fresh], "outbox"),
+                               extra={self.offset_key(ledger): size + len(data)})
+        sent = {message_key(m) for m, _ in fresh}
         out: list[Outcome] = []
         for message in messages:
-            if message.key in sent:
+            key = message_key(message)
+            if key in sent:
                 out.append(Outcome(message, Status.SENT, "outbox"))
-                sent.discard(message.key)
+                sent.discard(key)
             else:
                 out.append(Outcome(message, Status.DUPLICATE))
         return out

@@ -52,6 +52,7 @@ from notifier.delivery import (
     Verdict,
     classify,
     fatal_exit_code,
+    message_key,
 )
 from notifier.directory import ContactDirectory, ContactUnreadable, DirectoryGap
 from notifier.lease import LEASE_MS, NotifierLease, active_notifier, position_of_legacy_group
@@ -231,6 +232,7 @@ class Notifier:
             except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as error:
                 self._unreadable(event, error)
         self.directory.prefetch_phones({account for *_, accounts in readable for account in accounts})
+        jobs = self._jobs
         for event, payload, accounts in readable:
             if not accounts:
                 continue
@@ -244,12 +246,12 @@ class Notifier:
                 self._unreadable(event, error)
                 continue
             waiting: set[MessageKey] = set()
-            for notice in notices:
-                message = Message(event_id, notice.account, seq, event_type, entry_id, occurred_at,
-                                  phones[notice.account], notice.body)
-                if message.key not in self._jobs:
-                    self._jobs[message.key] = _Job(message, due=now)
-                waiting.add(message.key)
+            for account, text in notices:
+                key = (event_id, account)  # the message's key (delivery.message_key), before it exists
+                if key not in jobs:
+                    jobs[key] = _Job(Message(event_id, account, seq, event_type, entry_id, occurred_at,
+                                             phones[account], text), due=now)
+                waiting.add(key)
             if waiting:
                 self._open[seq] = waiting
 
@@ -301,15 +303,16 @@ class Notifier:
             del self._open[seq]
 
     def _deliver(self, now: float) -> int:
+        # In log order without sorting: jobs are added as events are read, in seq order, and never added again.
         due = [job for job in self._jobs.values() if job.due <= now]
         if not due:
             return 0
-        due.sort(key=lambda job: job.message.seq)
-        due = due[: self.sender.max_batch]
+        if len(due) > self.sender.max_batch:
+            del due[self.sender.max_batch:]
         outcomes = self.sender.send([job.message for job in due], self.ledger)
         fatal: Failure | None = None
         for outcome in outcomes:
-            key = outcome.message.key
+            key = message_key(outcome.message)
             job = self._jobs.get(key)
             if job is None:
                 continue
