@@ -1,4 +1,5 @@
-"""Pausing Python's cyclic garbage collector around a bulk pass over the log (rebuild, audit replay).
+"""Pausing Python's cyclic garbage collector around a bulk pass over the log (rebuild, audit replay) and around
+each worker iteration (``eventstore.worker.WorkerRunner``).
 
 A bulk pass decodes millions of small dicts, which keeps triggering collections; each full one walks every
 object kept alive (account rows, the ids of the duplicate checks), so the collector alone cost a quarter of a

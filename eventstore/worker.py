@@ -19,6 +19,7 @@ from typing import Protocol
 
 import redis
 
+from eventstore.gc_pause import paused_gc
 from eventstore.keys import Keys
 
 log = logging.getLogger("bank.worker")
@@ -89,6 +90,20 @@ class WorkerRunner:
         pipe.expire(self.keys.worker(self.name), HEARTBEAT_TTL_S)
         pipe.execute()
 
+    def _iterate(self) -> int:
+        """One ``poll_once`` with the cyclic collector paused: it collects between iterations only.
+
+        Why: an iteration's objects (a projector's 4,000 decoded events and their rows, the notifier's messages)
+        live until it ends, and a collection in the middle walks them all, finds nothing to free, and moves them
+        to an older generation to be walked again. After the iteration reference counting has freed them, and the
+        allocation count that triggers the next collection is back to what really lives on (the workers make no
+        reference cycles on their hot paths). Measured with the collector's callbacks, a projector catching up on
+        197,200 events: 135 young and 12 middle collections, 4-5 us per event (a tenth of its CPU), against 3
+        young ones with the pause.
+        """
+        with paused_gc():
+            return self.worker.poll_once()
+
     def run(self) -> int:
         """Loop until stopped (or, in burst mode, until an iteration finds nothing to do)."""
         delay = RETRY_DELAY_S
@@ -100,7 +115,7 @@ class WorkerRunner:
         try:
             while not self._stop_requested:
                 try:
-                    done = self.worker.poll_once()
+                    done = self._iterate()
                     self.heartbeat()
                     delay = RETRY_DELAY_S
                     if self.burst and done == 0:

@@ -21,7 +21,7 @@ import pytest
 from helpers_notifier import FakeBank
 
 from eventstore.pii import create_master_key
-from eventstore.worker import YOUNG_COLLECTION_THRESHOLD, WorkerRunner
+from eventstore.worker import WorkerRunner
 from notifier.lease import active_notifier, read_checkpoint
 from notifier.senders import OutboxSender
 from notifier.worker import Notifier
@@ -218,26 +218,3 @@ def test_background_workers_yield_the_cpu_to_the_command_path():
                              check=True, cwd=Path(__file__).resolve().parent.parent).stdout.split()
         before, asked, moved = (int(x) for x in out)
         assert asked == amount and moved == min(amount, 19 - before), env
-
-
-def test_workers_keep_their_startup_objects_out_of_full_collections(fake_redis, keys):
-    """A worker freezes what it built at start, so a full GC pass no longer walks it (no 20 ms pauses), and
-    collects young objects less often than Python's default."""
-    import gc
-
-    class Idle:
-        kind = "idle"
-        counters: dict[str, int] = {}
-
-        def poll_once(self) -> int:
-            return 0
-
-    gc.unfreeze()
-    threshold = gc.get_threshold()
-    try:
-        assert WorkerRunner(Idle(), client=fake_redis, keys=keys, name="idle", burst=True).run() == 0
-        assert gc.get_freeze_count() > 0
-        assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *threshold[1:])
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
