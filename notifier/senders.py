@@ -140,18 +140,16 @@ class OutboxSender:
             raise OutboxUnwritable(f"cannot write the outbox {self.path}: {error}") from error
 
     def _send_locked(self, messages: Sequence[Message], batch: list[Message], ledger: Ledger) -> list[Outcome]:
-        ids = [SmsId(m.seq, m.event_id, m.account) for m in batch]
+        ids = [m.sms_id for m in batch]
         (offset,), states = ledger.lookup(ids, also_get=[self.offset_key(ledger)])
         recorded = int(offset or 0)
         size = self._reconcile(ledger, recorded)
         if size != recorded:
             states = ledger.states(ids)
-        is_final = ledger.is_final
-        fresh = [(m, sms) for m, sms, state in zip(batch, ids, states, strict=True) if not is_final(state)]
+        fresh = [(m, sms) for m, sms, state in zip(batch, ids, states, strict=True) if not ledger.is_final(state)]
         if fresh:
             queued_at = _wall_time()  # one batch, one write: one time for all its lines
-            line = self.line
-            data = b"".join([line(m, queued_at) for m, _ in fresh])
+            data = b"".join(self.line(m, queued_at) for m, _ in fresh)
             try:
                 view = memoryview(data)
                 while view:

@@ -247,10 +247,10 @@ class Notifier:
                 continue
             waiting: set[MessageKey] = set()
             for account, text in notices:
-                key = (event_id, account)  # the message's key (delivery.message_key), before it exists
+                message = Message(event_id, account, seq, event_type, entry_id, occurred_at, phones[account], text)
+                key = message_key(message)
                 if key not in jobs:
-                    jobs[key] = _Job(Message(event_id, account, seq, event_type, entry_id, occurred_at,
-                                             phones[account], text), due=now)
+                    jobs[key] = _Job(message, due=now)
                 waiting.add(key)
             if waiting:
                 self._open[seq] = waiting
@@ -307,8 +307,7 @@ class Notifier:
         due = [job for job in self._jobs.values() if job.due <= now]
         if not due:
             return 0
-        if len(due) > self.sender.max_batch:
-            del due[self.sender.max_batch:]
+        due = due[: self.sender.max_batch]
         outcomes = self.sender.send([job.message for job in due], self.ledger)
         fatal: Failure | None = None
         for outcome in outcomes:
